@@ -1,0 +1,55 @@
+"""Options shared by several subcommands and the error-to-exit-code policy of SPEC §1."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from pfanet_cli.errors import Interrupted
+
+DEBUG_ENV = "PFANET_DEBUG"
+
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda", case_sensitive=False)
+]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", help="random seed (overrides the recipe)")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="output directory")]
+ResumeOption = Annotated[
+    Optional[str], typer.Option("--resume", help="'auto' (newest checkpoint of --out) or a checkpoint path")
+]
+OverridesArgument = Annotated[
+    Optional[list[str]], typer.Argument(help="recipe overrides as dotted key=value, e.g. joint.iterations=100")
+]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def set_debug(enabled: bool) -> None:
+    if enabled:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def guard_interrupt(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn Ctrl-C inside a command into :class:`Interrupted` (exit 130, one line) instead of the
+    framework's bare 'Aborted!'; the wrapped signature is what Typer reads."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(
+                "interrupted; completed outputs and the last complete checkpoint are kept"
+            ) from exc
+
+    return wrapper
+
+
+def register(app: typer.Typer, name: str, func: Callable[..., Any]) -> None:
+    app.command(name)(guard_interrupt(func))
