@@ -77,14 +77,21 @@ def load_rgb(path: Path, size: tuple[int, int] | None = None, fast: bool = False
     linearly from their own min..max to 0..255. ``fast`` lets the JPEG decoder produce a reduced
     image directly (draft mode) before resizing; it is not pixel-exact.
     """
+    return load_rgb_and_size(path, size, fast)[0]
+
+
+def load_rgb_and_size(path: Path, size: tuple[int, int] | None = None,
+                      fast: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_rgb` plus the file's own (width, height)."""
     try:
         with Image.open(path) as image:
+            original = image.size
             if fast and size is not None:
                 image.draft("RGB", (size[1], size[0]))
             image = _to_rgb(image)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
+            return np.asarray(image, dtype=np.uint8), original
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadImage(f"{exc}") from exc
 

@@ -14,7 +14,7 @@ from pfanet_cli.errors import Interrupted
 DEBUG_ENV = "PFANET_DEBUG"
 
 DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda", case_sensitive=False)
+    Optional[str], typer.Option("--device", help="auto (CUDA when available), cpu or cuda [default: the recipe's]")
 ]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="random seed (overrides the recipe)")]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="output directory")]

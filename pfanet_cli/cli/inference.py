@@ -3,21 +3,92 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from pfanet_cli.errors import PfanetError
+from pfanet_cli.cli.common import DeviceOption
+from pfanet_cli.console import console, progress_bar
+
+CheckpointOption = Annotated[
+    Optional[Path], typer.Option("--checkpoint", help="checkpoint file [default: the newest one under runs/]")
+]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")]
+RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="where to look for the newest checkpoint")]
+
+
+def _device(device: str | None) -> str:
+    from pfanet_cli.training import resolve_device
+
+    return str(resolve_device(device or "auto"))
+
+
+def _progress_callback(progress, description: str):
+    task = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task(description, total=total, info="")
+        progress.advance(task, done)
+
+    return advance
 
 
 def translate_command(
     rgb_dir: Annotated[Path, typer.Argument(help="folder of RGB images (searched recursively)")],
-    out_dir: Annotated[Path, typer.Argument(help="output folder for the fake IR images")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder: same relative paths and file names")],
+    checkpoint: CheckpointOption = None,
+    keep_size: Annotated[
+        bool, typer.Option("--keep-size/--model-size",
+                           help="write each output at its input's size (default) or at the model's input size")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace outputs that already exist")] = False,
+    batch_size: BatchOption = 32,
+    device: DeviceOption = None,
+    runs_root: RunsRootOption = Path("runs"),
 ) -> None:
-    """Translate RGB images to fake IR images with G_I."""
-    raise PfanetError("translate is not built yet (issue #4)")
+    """Translate RGB images to fake IR images with G_I (train-gan or train-joint checkpoint)."""
+    from pfanet_cli.translate import translate_folder
+
+    with progress_bar() as progress:
+        summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
+                                   _device(device), overwrite, _progress_callback(progress, "translate"))
+    skipped = f"; skipped {len(summary.skipped)} undecodable file(s)" if summary.skipped else ""
+    console.print(f"translated {summary.written} image(s) into {summary.out_dir} with {summary.checkpoint}"
+                  f"{skipped}; manifest {summary.manifest}")
 
 
-def extract_command() -> None:
-    """Extract test features into a features .npz file."""
-    raise PfanetError("extract is not built yet (issue #4)")
+def extract_command(
+    checkpoint: CheckpointOption = None,
+    data: Annotated[Path, typer.Option("--data", help="prepared data folder")] = Path("data/prepared/sysu"),
+    split: Annotated[str, typer.Option("--split", help="prepared split to extract")] = "test",
+    images: Annotated[
+        Optional[Path], typer.Option("--images", help="extract an image folder (recursive) instead of --data")
+    ] = None,
+    modality: Annotated[
+        str, typer.Option("--modality", help="with --images: auto (camera in the path), rgb or ir")
+    ] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="features .npz to write")] = Path("features.npz"),
+    translate: Annotated[
+        bool, typer.Option("--translate/--no-translate", help="translate RGB images with G_I first")
+    ] = True,
+    batch_size: BatchOption = 64,
+    device: DeviceOption = None,
+    runs_root: RunsRootOption = Path("runs"),
+) -> None:
+    """Extract test features (flip-summed, L2-normalised GAP vectors) into a features .npz file."""
+    from pfanet_cli.extract import extract_folder, extract_split
+    from pfanet_cli.features import save_features
+
+    with progress_bar() as progress:
+        advance = _progress_callback(progress, "extract")
+        if images is not None:
+            result = extract_folder(checkpoint, images, modality, translate, batch_size, _device(device),
+                                    runs_root, advance)
+        else:
+            result = extract_split(checkpoint, data, split, translate, batch_size, _device(device), runs_root,
+                                   advance)
+    save_features(out, result.features, result.pids, result.camids, result.paths, dataset=result.dataset,
+                  perm_mat_bytes=result.perm_mat_bytes)
+    console.print(f"wrote {len(result.features):,} features of size {result.features.shape[1]} to {out}")

@@ -2,26 +2,92 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from pfanet_cli.cli.common import OverridesArgument
-from pfanet_cli.errors import PfanetError
+from pfanet_cli.cli.common import DeviceOption, OutOption, OverridesArgument, ResumeOption, SeedOption
+from pfanet_cli.console import console
+
+RecipeArgument = Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/sysu_pfanet.yaml")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="build every network and print parameter counts; no data, no training")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="with --dry-run: print the counts as JSON")]
+
+
+def _load(recipe: Path, overrides: list[str] | None, device: str | None, seed: int | None):
+    from pfanet_cli.recipes import load_recipe
+
+    overrides = list(overrides or [])
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    return load_recipe(recipe, overrides), overrides
+
+
+def _dry_run(recipe, stage: str, as_json: bool) -> None:
+    from rich.table import Table
+
+    from pfanet_cli.training import network_parameter_counts
+
+    counts = network_parameter_counts(recipe, stage)
+    if as_json:
+        typer.echo(json.dumps({"recipe": recipe.name, "stage": stage, "parameters": counts}))
+        return
+    table = Table(title=f"{recipe.name}: {stage} networks")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
+    console.print(table)
 
 
 def train_gan_command(
-    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/sysu_pfanet.yaml")],
+    recipe: RecipeArgument,
     overrides: OverridesArgument = None,
+    out: OutOption = None,
+    resume: ResumeOption = None,
+    device: DeviceOption = None,
+    seed: SeedOption = None,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Pixel-alignment warm-up: train G_I, G_R with plain discriminators (CycleGAN part)."""
-    raise PfanetError("train-gan is not built yet (issue #4)")
+    """Pixel-alignment warm-up: G_I and G_R against plain PatchGAN discriminators (CycleGAN part)."""
+    from pfanet_cli.train_gan import GanTrainer
+    from pfanet_cli.training import run_stage
+
+    loaded, overrides = _load(recipe, overrides, device, seed)
+    if dry_run:
+        _dry_run(loaded, GanTrainer.stage, as_json)
+        return
+    result = run_stage(GanTrainer, loaded, overrides, out, resume)
+    console.print(f"train-gan finished: {result.checkpoint}")
 
 
 def train_joint_command(
-    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/sysu_pfanet.yaml")],
+    recipe: RecipeArgument,
     overrides: OverridesArgument = None,
+    init_gan: Annotated[
+        Optional[Path], typer.Option("--init-gan", help="train-gan checkpoint to start G_I and G_R from")
+    ] = None,
+    out: OutOption = None,
+    resume: ResumeOption = None,
+    device: DeviceOption = None,
+    seed: SeedOption = None,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Feature warm-up, then joint PFANet training of F, G and the joint discriminator."""
-    raise PfanetError("train-joint is not built yet (issue #4)")
+    """Feature warm-up, then joint PFANet training of F, G_I/G_R and the joint discriminator."""
+    from pfanet_cli.train_joint import JointTrainer
+    from pfanet_cli.training import run_stage
+
+    loaded, overrides = _load(recipe, overrides, device, seed)
+    if dry_run:
+        _dry_run(loaded, JointTrainer.stage, as_json)
+        return
+    result = run_stage(JointTrainer, loaded, overrides, out, resume, init_gan=init_gan)
+    console.print(f"train-joint finished: {result.checkpoint}")

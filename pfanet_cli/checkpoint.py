@@ -1,0 +1,210 @@
+"""The one checkpoint format of every stage (SPEC §4).
+
+A checkpoint is a single ``torch.save`` file of tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``. It carries enough to rebuild every network without the recipe
+(architecture arguments, number of classes, image size), the state dicts present, and everything a
+training stage needs to continue exactly (optimizers, schedulers, phase, iteration, RNG states,
+sampler position, image pools). Writes are atomic: temporary file, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from pfanet_cli import __version__
+from pfanet_cli.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "pfanet-checkpoint"
+CHECKPOINT_VERSION = 1
+STAGES = ("train-gan", "train-joint")
+NETWORK_KEYS = ("generator_rgb2ir", "generator_ir2rgb", "disc_rgb", "disc_ir", "extractor")
+CHECKPOINT_DIR = "checkpoints"
+LAST_NAME = "last.pt"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter-{iteration:06d}.pt"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically: a crash or a full disk leaves the previous file untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make ``target`` (e.g. ``last.pt``) point at the same bytes as ``source``, atomically."""
+    tmp = target.with_name(f".{target.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be loaded ({_first_line(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pfanet checkpoint (no '{CHECKPOINT_FORMAT}' format field)")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this pfanet {__version__} reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def require_networks(payload: dict[str, Any], path: Path, keys: Iterable[str], purpose: str) -> None:
+    """Exit-4 error naming the state dicts ``purpose`` needs that the checkpoint lacks."""
+    missing = [key for key in keys if key not in payload.get("networks", {})]
+    if missing:
+        raise CheckpointError(
+            f"{path} (stage {payload.get('stage')}) has no {', '.join(missing)}, which {purpose} needs"
+        )
+
+
+def require_stage(payload: dict[str, Any], path: Path, stages: Iterable[str], purpose: str) -> None:
+    stages = tuple(stages)
+    if payload.get("stage") not in stages:
+        raise CheckpointError(
+            f"{path} is a {payload.get('stage')} checkpoint; {purpose} needs one of: {', '.join(stages)}"
+        )
+
+
+def architecture_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key: saved -> wanted`` for every architecture argument that differs."""
+    keys = sorted(set(saved) | set(wanted))
+    return [f"model.{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} requested"
+            for k in keys if saved.get(k) != wanted.get(k)]
+
+
+def load_network_state(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
+    """``load_state_dict`` that reports an architecture mismatch as one line (exit 4)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: {name} does not match this architecture ({detail})") from exc
+
+
+def find_checkpoints(root: Path, stages: Iterable[str]) -> list[Path]:
+    """``last.pt`` files of run directories under ``root`` whose stage is in ``stages``, newest first.
+
+    The stage of a run directory is read from its ``run.yaml`` (written by the run-directory code),
+    so finding the newest checkpoint never loads checkpoints.
+    """
+    import yaml
+
+    stages = set(stages)
+    found = []
+    for info in Path(root).glob("**/run.yaml"):
+        last = info.parent / CHECKPOINT_DIR / LAST_NAME
+        if not last.is_file():
+            continue
+        try:
+            stage = (yaml.safe_load(info.read_text(encoding="utf-8")) or {}).get("stage")
+        except (OSError, yaml.YAMLError):
+            continue
+        if stage in stages:
+            found.append(last)
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def newest_checkpoint(root: Path, stages: Iterable[str], purpose: str) -> Path:
+    stages = tuple(stages)
+    found = find_checkpoints(root, stages)
+    if not found:
+        raise CheckpointError(
+            f"no {' or '.join(stages)} checkpoint found under {root}/ for {purpose}; "
+            "train first or pass --checkpoint"
+        )
+    return found[0]
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_config_from_checkpoint(payload: dict[str, Any], path: Path):
+    """The :class:`ModelConfig` stored in a checkpoint, validated like a recipe section."""
+    from pfanet_cli.errors import UsageError
+    from pfanet_cli.recipes import build_recipe
+
+    try:
+        return build_recipe({"model": dict(payload["architecture"])}, str(path)).model
+    except (UsageError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: stored architecture is not understood by pfanet {__version__} ({exc})") from exc
+
+
+def restore_networks(path: Path, keys: Iterable[str], purpose: str) -> tuple[dict[str, torch.nn.Module], dict]:
+    """Rebuild the networks ``keys`` from a checkpoint's architecture arguments alone, load their
+    weights and put them in eval mode. Returns the networks and the checkpoint payload."""
+    from pfanet_cli.networks import build_networks
+
+    keys = tuple(keys)
+    payload = load_checkpoint(path)
+    require_networks(payload, path, keys, purpose)
+    config = model_config_from_checkpoint(payload, path)
+    built = build_networks(config, int(payload["num_classes"]), joint_discriminator=payload["stage"] == "train-joint",
+                           load_pretrained=False)
+    networks = {}
+    for key in keys:
+        load_network_state(built[key], payload["networks"][key], key, path)
+        networks[key] = built[key].eval()
+    return networks, payload

@@ -1,0 +1,163 @@
+"""``extract``: the SPEC §3 test feature of every image of a prepared split or an image folder.
+
+The feature is F's GAP vector of the image plus that of its horizontal flip, L2-normalised; RGB
+images are first translated to fake IR by G_I (eval mode) unless ``translate`` is off; IR images go
+in as they are. Images are read in batches from the memory-mapped prepared array.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfanet_cli.augment import to_unit_range
+from pfanet_cli.checkpoint import newest_checkpoint, restore_networks
+from pfanet_cli.console import console
+from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.networks import extract_test_features
+from pfanet_cli.prepare import BadImage, load_rgb
+from pfanet_cli.prepared import open_prepared
+from pfanet_cli.sysu_layout import IR_CAMERAS
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ExtractedFeatures:
+    """What a features file holds (SPEC §1), plus the dataset and the official permutations."""
+
+    features: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: np.ndarray
+    dataset: str
+    perm_mat_bytes: bytes | None = None
+
+
+def load_feature_networks(checkpoint: Path, translate: bool) -> tuple[nn.Module, nn.Module | None, dict]:
+    """F (and G_I when RGB images are to be translated) from a checkpoint, in eval mode."""
+    keys = ["extractor", "generator_rgb2ir"] if translate else ["extractor"]
+    networks, payload = restore_networks(checkpoint, keys, "extract")
+    return networks["extractor"], networks.get("generator_rgb2ir"), payload
+
+
+@torch.inference_mode()
+def compute_features(extractor: nn.Module, generator: nn.Module | None, images: np.ndarray, is_rgb: np.ndarray,
+                     model_size: tuple[int, int], batch_size: int = 64, device: str | torch.device = "cpu",
+                     on_progress: Progress | None = None) -> np.ndarray:
+    """Features (float32 N×D) of ``images`` (N×H×W×3 uint8, may be memory-mapped).
+
+    Rows marked ``is_rgb`` pass through ``generator`` first when one is given. Images of another
+    size than the model's are resized (bilinear, antialiased) on the fly.
+    """
+    extractor.eval()
+    if generator is not None:
+        generator.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        rows = slice(start, start + batch_size)
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).to(device)
+        batch = to_unit_range(batch)
+        if tuple(batch.shape[2:]) != tuple(model_size):
+            batch = F.interpolate(batch, size=model_size, mode="bilinear", antialias=True, align_corners=False)
+        rgb = torch.from_numpy(np.asarray(is_rgb[rows], dtype=bool)).to(device)
+        if generator is not None and bool(rgb.any()):
+            batch[rgb] = generator(batch[rgb])
+        chunks.append(extract_test_features(extractor, batch).cpu().numpy().astype(np.float32))
+        if on_progress:
+            on_progress(min(batch_size, len(images) - start), len(images))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _resolve_checkpoint(checkpoint: Path | None, runs_root: Path, purpose: str) -> Path:
+    return Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, ("train-joint",), purpose)
+
+
+def extract_split(checkpoint: Path | None, data_dir: Path, split: str = "test", translate: bool = True,
+                  batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
+                  on_progress: Progress | None = None) -> ExtractedFeatures:
+    """Features of every image of a prepared split (for SYSU's test split: queries and gallery)."""
+    checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
+    data = open_prepared(data_dir)
+    rows = data.split(split)
+    extractor, generator, payload = load_feature_networks(checkpoint, translate)
+    model_size = tuple(int(v) for v in payload["image_size"])
+    if model_size != rows.image_size:
+        console.print(f"note: {data.root} is {rows.image_size[0]}x{rows.image_size[1]}, the model was trained at "
+                      f"{model_size[0]}x{model_size[1]}; images are resized on the fly")
+    extractor.to(device)
+    if generator is not None:
+        generator.to(device)
+    features = compute_features(extractor, generator, rows.images, ~rows.is_ir, model_size, batch_size, device,
+                                on_progress)
+    perm = data.perm_file()
+    return ExtractedFeatures(features, rows.pids, rows.camids, rows.paths, data.dataset,
+                             perm.read_bytes() if perm else None)
+
+
+_SYSU_PATH = re.compile(r"(?:^|/)cam([1-6])/(\d+)/[^/]+$")
+_REGDB_PATH = re.compile(r"(?:^|/)(Visible|Thermal)/(\d+)/[^/]+$", re.IGNORECASE)
+
+
+def parse_identity(path: str) -> tuple[int, int, str | None, str | None]:
+    """(pid, camid, modality, dataset) from a SYSU (``cam3/0006/x.jpg``) or RegDB
+    (``Thermal/6/x.bmp``) path; (-1, -1, None, None) when the path follows neither layout."""
+    match = _SYSU_PATH.search(path)
+    if match:
+        camid = int(match.group(1))
+        return int(match.group(2)), camid, "ir" if camid in IR_CAMERAS else "rgb", "sysu"
+    match = _REGDB_PATH.search(path)
+    if match:
+        visible = match.group(1).lower() == "visible"
+        return int(match.group(2)), 1 if visible else 2, "rgb" if visible else "ir", "regdb"
+    return -1, -1, None, None
+
+
+def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
+                   batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
+                   on_progress: Progress | None = None) -> ExtractedFeatures:
+    """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
+    SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
+    (``auto``: from the camera in the path)."""
+    from pfanet_cli.translate import list_images
+
+    if modality not in ("auto", "rgb", "ir"):
+        raise UsageError(f"--modality must be auto, rgb or ir, got {modality!r}")
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise DataError(f"image folder {image_dir} does not exist or is not a folder")
+    files = list_images(image_dir)
+    if not files:
+        raise DataError(f"{image_dir} holds no image files")
+    relative = [p.relative_to(image_dir).as_posix() for p in files]
+    parsed = [parse_identity(rel) for rel in relative]
+    if modality == "auto":
+        unknown = [rel for rel, parts in zip(relative, parsed) if parts[2] is None]
+        if unknown:
+            raise UsageError(f"cannot tell the modality of {unknown[0]} from its path; pass --modality rgb or ir")
+        is_rgb = np.array([parts[2] == "rgb" for parts in parsed])
+    else:
+        is_rgb = np.full(len(files), modality == "rgb")
+    checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
+    extractor, generator, payload = load_feature_networks(checkpoint, translate)
+    model_size = tuple(int(v) for v in payload["image_size"])
+    images = np.empty((len(files), *model_size, 3), dtype=np.uint8)
+    for row, path in enumerate(files):
+        try:
+            images[row] = load_rgb(path, model_size)
+        except BadImage as exc:
+            raise DataError(f"cannot decode {path}: {exc}") from exc
+    extractor.to(device)
+    if generator is not None:
+        generator.to(device)
+    features = compute_features(extractor, generator, images, is_rgb, model_size, batch_size, device, on_progress)
+    dataset = "regdb" if parsed and all(parts[3] == "regdb" for parts in parsed) else "sysu"
+    return ExtractedFeatures(features, np.array([p[0] for p in parsed], np.int64),
+                             np.array([p[1] for p in parsed], np.int64), np.array(relative), dataset)
