@@ -201,10 +201,9 @@ def restore_networks(path: Path, keys: Iterable[str], purpose: str) -> tuple[dic
     payload = load_checkpoint(path)
     require_networks(payload, path, keys, purpose)
     config = model_config_from_checkpoint(payload, path)
-    built = build_networks(config, int(payload["num_classes"]), joint_discriminator=payload["stage"] == "train-joint",
-                           load_pretrained=False)
-    networks = {}
-    for key in keys:
-        load_network_state(built[key], payload["networks"][key], key, path)
-        networks[key] = built[key].eval()
+    networks = build_networks(config, int(payload["num_classes"]), payload["stage"] == "train-joint",
+                              load_pretrained=False, keys=keys)
+    for key, network in networks.items():
+        load_network_state(network, payload["networks"][key], key, path)
+        network.eval()
     return networks, payload

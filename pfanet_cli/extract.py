@@ -63,7 +63,7 @@ def compute_features(extractor: nn.Module, generator: nn.Module | None, images: 
     chunks = []
     for start in range(0, len(images), batch_size):
         rows = slice(start, start + batch_size)
-        batch = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).to(device)
+        batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2).to(device)
         batch = to_unit_range(batch)
         if tuple(batch.shape[2:]) != tuple(model_size):
             batch = F.interpolate(batch, size=model_size, mode="bilinear", antialias=True, align_corners=False)

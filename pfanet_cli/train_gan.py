@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pfanet_cli.losses import cycle_loss, lsgan_loss
-from pfanet_cli.networks import PatchDiscriminator, ResnetGenerator, init_gan_weights
+from pfanet_cli.networks import build_networks
 from pfanet_cli.sampler import IdentityAlignedSampler
 from pfanet_cli.training import (
     BatchSource,
@@ -28,6 +28,9 @@ from pfanet_cli.training import (
 )
 
 
+GAN_KEYS = ("generator_rgb2ir", "generator_ir2rgb", "disc_rgb", "disc_ir")
+
+
 class GanTrainer(StageTrainer):
     stage = "train-gan"
 
@@ -36,14 +39,7 @@ class GanTrainer(StageTrainer):
         super().__init__(recipe, run, data, device, distributed, show_progress)
         model, gan = recipe.model, recipe.gan
         self.split = data.split("train")
-        nets: dict[str, nn.Module] = {
-            "generator_rgb2ir": ResnetGenerator(model.generator_channels, model.generator_res_blocks),
-            "generator_ir2rgb": ResnetGenerator(model.generator_channels, model.generator_res_blocks),
-            "disc_rgb": PatchDiscriminator(model.disc_channels),
-            "disc_ir": PatchDiscriminator(model.disc_channels),
-        }
-        for net in nets.values():
-            init_gan_weights(net)
+        nets = build_networks(model, self.split.num_classes, joint_discriminator=False, keys=GAN_KEYS)
         self.nets = {key: prepare_module(net, device, recipe, distributed) for key, net in nets.items()}
         betas = (gan.beta1, gan.beta2)
         generators = itertools.chain(self.nets["generator_rgb2ir"].parameters(),

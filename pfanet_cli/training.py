@@ -227,6 +227,7 @@ class StageTrainer:
         self.autocast = lambda: autocast_context(device, recipe.train.amp)
         self.phase_index, self.iteration = 0, 0
         self.metrics_state: dict[str, Any] = {}
+        self._checkpointed_at = -1
 
     # --- to implement ------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -315,6 +316,7 @@ class StageTrainer:
 
     def write_checkpoint(self, keep: bool) -> Path | None:
         """Rank 0 writes ``last.pt`` (and a kept ``iter-N.pt`` copy when ``keep``)."""
+        self._checkpointed_at = self.global_iteration()
         if not self.distributed.is_main:
             return None
         payload = self.checkpoint_payload()
@@ -337,10 +339,9 @@ class StageTrainer:
     def run_training(self) -> Path | None:
         """Train to the end of the last phase and return the final checkpoint (rank 0)."""
         phases = self.phases()
-        with self._progress() as advance:
+        with self._progress() as report:
             while self.phase_index < len(phases):
                 phase = phases[self.phase_index]
-                self.on_phase_start(phase.name)
                 window = _LossWindow()
                 while self.iteration < phase.iterations:
                     self.iteration += 1
@@ -348,17 +349,15 @@ class StageTrainer:
                     losses = self.step(phase.name, self.iteration)
                     self._check_finite(losses, phase.name)
                     window.add(losses, time.perf_counter() - started, self.images_per_iteration())
-                    self._after_iteration(phase, window, advance)
-                if self.phase_index + 1 < len(phases):
-                    self.phase_index, self.iteration = self.phase_index + 1, 0
-                else:
+                    self._after_iteration(phase, window, report)
+                if self.phase_index + 1 == len(phases):
                     break
+                self.phase_index, self.iteration = self.phase_index + 1, 0
+        if self._checkpointed_at == self.global_iteration() and self.run.last_checkpoint.is_file():
+            return self.run.last_checkpoint if self.distributed.is_main else None
         return self.write_checkpoint(keep=False)
 
-    def on_phase_start(self, phase: str) -> None:
-        pass
-
-    def _after_iteration(self, phase: Phase, window: "_LossWindow", advance) -> None:
+    def _after_iteration(self, phase: Phase, window: "_LossWindow", report) -> None:
         train = self.recipe.train
         done = self.iteration == phase.iterations
         global_iteration = self.global_iteration()
@@ -369,8 +368,8 @@ class StageTrainer:
             self.metrics_state = row
             if self.distributed.is_main:
                 self.run.append_metrics(row)
-            advance(0, _summary(row))
-        advance(1, None)
+            report(0, _log_line(row, phase.iterations), f"{phase.name} {row['images_per_s']:.0f} img/s")
+        report(1, None, None)
         if self.distributed.is_main and (global_iteration % train.sample_every == 0 or done):
             name = f"{self.stage}-{phase.name}-{self.iteration:06d}.png"
             save_sample_grid(self.run.samples / name, self.sample_images())
@@ -395,19 +394,22 @@ class StageTrainer:
 
     @contextlib.contextmanager
     def _progress(self) -> Iterator[Any]:
+        """Yields ``report(steps, log_line, info)``: advance the bar, print a log line, set the bar text."""
         if not self.show_progress:
-            yield lambda steps, info: None
+            yield lambda steps, line, info: None
             return
         with progress_bar() as progress:
             task = progress.add_task(self.stage, total=self.total_iterations(), completed=self.global_iteration(),
                                      info="")
 
-            def advance(steps: int, info: str | None) -> None:
-                progress.advance(task, steps)
+            def report(steps: int, line: str | None, info: str | None) -> None:
+                if line is not None:
+                    progress.console.print(line)
                 if info is not None:
                     progress.update(task, info=info)
+                progress.advance(task, steps)
 
-            yield advance
+            yield report
 
 
 def raise_incompatible(path: Path, differences: list[str]) -> None:
@@ -438,10 +440,11 @@ class _LossWindow:
         return row
 
 
-def _summary(row: dict[str, Any]) -> str:
-    skip = {"stage", "phase", "phase_order", "iteration", "global_iteration", "lr", "iterations_per_s"}
-    losses = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in skip and k != "images_per_s")
-    return f"{row['phase']} {losses} {row['images_per_s']:.0f} img/s"
+def _log_line(row: dict[str, Any], phase_iterations: int) -> str:
+    skip = {"stage", "phase", "phase_order", "iteration", "global_iteration", "lr", "iterations_per_s", "images_per_s"}
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in skip)
+    return (f"{row['stage']} {row['phase']} {row['iteration']}/{phase_iterations}  {losses}  "
+            f"{row['images_per_s']:.0f} img/s")
 
 
 def print_stage_header(stage: str, run: RunDir, device: torch.device, distributed: Distributed) -> None:
@@ -534,12 +537,11 @@ def network_parameter_counts(recipe: Recipe, stage: str) -> dict[str, int]:
     from pfanet_cli.networks import build_networks, count_parameters
 
     num_classes = DEFAULT_NUM_CLASSES[recipe.data.dataset]
-    networks = build_networks(recipe.model, num_classes, joint_discriminator=stage == "train-joint",
-                              load_pretrained=False)
     names = {"generator_rgb2ir": "G_I", "generator_ir2rgb": "G_R", "disc_rgb": "D_R", "disc_ir": "D_I",
              "extractor": "F"}
-    if stage == "train-gan":
-        del networks["extractor"]
+    keys = tuple(names) if stage == "train-joint" else tuple(names)[:4]
+    networks = build_networks(recipe.model, num_classes, joint_discriminator=stage == "train-joint",
+                              load_pretrained=False, keys=keys)
     counts = {names[key]: count_parameters(net) for key, net in networks.items()}
     counts["total"] = sum(counts.values())
     return counts
