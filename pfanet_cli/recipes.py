@@ -251,13 +251,33 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def bundled_recipes() -> dict[str, Path]:
+    """The recipes shipped with the package (the repository's ``recipes/`` folder), by file name."""
+    from importlib import resources
+
+    folder = resources.files("pfanet_cli.bundled_recipes")
+    return {item.name: Path(str(item)) for item in folder.iterdir() if item.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    """``path`` itself when it exists, else the bundled recipe of that file name (so
+    ``recipes/sysu_pfanet.yaml`` and ``sysu_pfanet.yaml`` work from any folder)."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    bundled = bundled_recipes()
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    return bundled.get(name, path)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe file and the chain of files it names with ``base:`` (relative to itself)."""
     path = path.resolve()
     if path in seen:
         raise UsageError(f"recipe {path} includes itself through 'base:'")
     if not path.is_file():
-        raise UsageError(f"recipe file not found: {path} (give a YAML file, e.g. recipes/sysu_pfanet.yaml)")
+        names = ", ".join(sorted(bundled_recipes()))
+        raise UsageError(f"recipe file not found: {path} (give a YAML file or a bundled recipe: {names})")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -307,7 +327,7 @@ def build_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe file (or the defaults when ``path`` is None) and apply dotted overrides."""
-    values = _read_yaml(Path(path)) if path is not None else {}
+    values = _read_yaml(resolve_recipe_path(path)) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     build_recipe(values, source)
     if overrides:

@@ -111,3 +111,12 @@ def test_shipped_recipes_load(path):
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     assert yaml.safe_load(dump_recipe(recipe))["name"] == recipe.name
+
+
+def test_bundled_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("sysu_bng.yaml").name == "sysu_bng"
+    assert load_recipe("recipes/sysu_mmm.yaml").name == "sysu_mmm"
+    assert load_recipe("sysu_baseline").model.bng is False
+    with pytest.raises(UsageError, match="bundled recipe: .*sysu_pfanet.yaml"):
+        load_recipe("nope.yaml")
