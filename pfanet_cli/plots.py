@@ -1,0 +1,233 @@
+"""Pictures of an evaluation: the CMC curve and the ranked lists of a few queries.
+
+Images of the ranked-list picture come through a loader callable (relative path -> H x W x 3 uint8
+array, or None when it cannot be found), so the caller decides whether they are read from the
+prepared arrays (:func:`prepared_image_loader`) or from the raw dataset (:func:`raw_image_loader`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+ImageLoader = Callable[[str], "np.ndarray | None"]
+
+GREEN = (40, 170, 60)
+RED = (210, 40, 40)
+QUERY = (60, 90, 200)
+BACKGROUND = (255, 255, 255)
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
+
+
+def _finish(tmp_name: str, path: Path) -> Path:
+    os.replace(tmp_name, path)
+    return path
+
+
+def save_cmc_plot(path: str | Path, curves: Mapping[str, np.ndarray], *, title: str = "CMC") -> Path:
+    """One CMC curve per label (percent against rank 1..len) as a PNG (matplotlib, Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    fig = Figure(figsize=(6.0, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    longest = 1
+    for label, curve in curves.items():
+        curve = np.asarray(curve, dtype=np.float64)
+        ranks = np.arange(1, len(curve) + 1)
+        longest = max(longest, len(curve))
+        ax.plot(ranks, curve, marker="o", markersize=3, linewidth=1.5,
+                label=f"{label} (R1 {curve[0]:.2f}%)" if len(curve) else label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(title)
+    ax.set_xlim(1, max(2, longest))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 100.5)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _finish(tmp, path)
+
+
+def _cell(image: np.ndarray | None, size: tuple[int, int], border: int, colour: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = size
+    cell = np.empty((h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
+    cell[...] = colour
+    if image is None:
+        cell[border:border + h, border:border + w] = 200
+        return cell
+    arr = _as_rgb(image)
+    resized = arr if arr.shape[:2] == (h, w) else np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR))
+    cell[border:border + h, border:border + w] = resized
+    return cell
+
+
+def save_ranked_lists(path: str | Path, rows: Sequence[tuple[str, int, Sequence[tuple[str, int]]]],
+                      load_image: ImageLoader | None, *, cell_size: tuple[int, int] = (128, 64), border: int = 4,
+                      title: str | None = None) -> int:
+    """Draw one line per query: the query (blue border), a gap, then its ranked gallery images with
+    a green border for the same identity and red otherwise.
+
+    ``rows`` holds (query path, query pid, [(gallery path, gallery pid), ...]). A query whose image
+    cannot be loaded is left out; gallery images that cannot be loaded are drawn grey. Returns the
+    number of query lines drawn (nothing is written when it is 0, or when ``load_image`` is None).
+    """
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    if load_image is None:
+        return 0
+    h, w = cell_size
+    ch, cw = h + 2 * border, w + 2 * border
+    gap, label_h = 12, 14
+    drawn = []
+    for query_path, query_pid, gallery in rows:
+        query_image = load_image(query_path)
+        if query_image is None:
+            continue
+        cells = [_cell(query_image, cell_size, border, QUERY)]
+        for gallery_path, gallery_pid in gallery:
+            colour = GREEN if gallery_pid == query_pid else RED
+            cells.append(_cell(load_image(gallery_path), cell_size, border, colour))
+        drawn.append((query_pid, cells))
+    if not drawn:
+        return 0
+    columns = max(len(cells) for _, cells in drawn)
+    top = label_h + (label_h if title else 0)
+    width = cw + gap + (columns - 1) * (cw + 2) + 4
+    height = top + len(drawn) * (ch + label_h + 4)
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[...] = BACKGROUND
+    for line, (query_pid, cells) in enumerate(drawn):
+        y = top + line * (ch + label_h + 4) + label_h
+        for col, cell in enumerate(cells):
+            x = 0 if col == 0 else cw + gap + (col - 1) * (cw + 2)
+            canvas[y:y + ch, x:x + cw] = cell
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    if title:
+        draw.text((2, 1), title, fill=(0, 0, 0))
+    for col in range(columns):
+        x = 0 if col == 0 else cw + gap + (col - 1) * (cw + 2)
+        draw.text((x + 2, top - label_h + 1), "query" if col == 0 else str(col), fill=(0, 0, 0))
+    for line, (query_pid, _) in enumerate(drawn):
+        y = top + line * (ch + label_h + 4)
+        draw.text((2, y + 1), f"id {query_pid}", fill=(0, 0, 0))
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            picture.save(handle, format="PNG" if path.suffix.lower() not in (".jpg", ".jpeg") else "JPEG")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _finish(tmp, path)
+    return len(drawn)
+
+
+def save_image_grid(path: str | Path, columns: Sequence[Sequence[np.ndarray]], *,
+                    titles: Sequence[str] | None = None, gap: int = 4) -> Path:
+    """Rows of images side by side: row ``i`` shows ``columns[j][i]`` for every column ``j`` (e.g.
+    RGB | fake IR | real IR). Images are H x W x 3 (or H x W) uint8; every cell takes the size of the
+    first column's first image. Rows are as many as the shortest column."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    if not columns or min(len(c) for c in columns) == 0:
+        raise ValueError("save_image_grid needs at least one image per column")
+    h, w = np.asarray(columns[0][0]).shape[:2]
+    rows = min(len(c) for c in columns)
+    top = 14 if titles else 0
+    canvas = np.full((top + rows * (h + gap) - gap, len(columns) * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for j, column in enumerate(columns):
+        for i in range(rows):
+            canvas[top + i * (h + gap): top + i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = (
+                _cell(column[i], (h, w), 0, BACKGROUND) if np.asarray(column[i]).shape[:2] != (h, w)
+                else _as_rgb(column[i]))
+    picture = Image.fromarray(canvas)
+    if titles:
+        draw = ImageDraw.Draw(picture)
+        for j, title in enumerate(titles):
+            draw.text((j * (w + gap) + 2, 1), str(title), fill=(0, 0, 0))
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            picture.save(handle, format="PNG" if path.suffix.lower() not in (".jpg", ".jpeg") else "JPEG")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _finish(tmp, path)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return arr[:, :, :3].astype(np.uint8, copy=False)
+
+
+def prepared_image_loader(data_dir: str | Path, split: str = "test") -> ImageLoader | None:
+    """Images from a prepared directory (``<split>_images.npy`` + ``<split>_index.csv``), looked up
+    by raw-relative path; None when the directory does not hold that split."""
+    data_dir = Path(data_dir)
+    images_file = data_dir / f"{split}_images.npy"
+    index_file = data_dir / f"{split}_index.csv"
+    if not images_file.is_file() or not index_file.is_file():
+        return None
+    try:
+        images = np.load(images_file, mmap_mode="r")
+        with open(index_file, newline="", encoding="utf-8") as handle:
+            row_of = {row["path"].replace("\\", "/"): i for i, row in enumerate(csv.DictReader(handle))}
+    except (OSError, ValueError, KeyError):
+        return None
+    if images.ndim != 4 or images.shape[-1] != 3:
+        return None
+
+    def load(path: str) -> np.ndarray | None:
+        row = row_of.get(str(path).replace("\\", "/"))
+        if row is None or row >= len(images):
+            return None
+        return np.asarray(images[row])
+
+    return load
+
+
+def raw_image_loader(root: str | Path) -> ImageLoader:
+    """Images read from the raw dataset tree (``root / path``), converted to RGB."""
+    root = Path(root)
+
+    def load(path: str) -> np.ndarray | None:
+        from PIL import Image
+
+        file = root / path
+        if not file.is_file():
+            return None
+        try:
+            with Image.open(file) as image:
+                return np.asarray(image.convert("RGB"))
+        except OSError:
+            return None
+
+    return load
