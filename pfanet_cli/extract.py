@@ -8,7 +8,6 @@ in as they are. Images are read in batches from the memory-mapped prepared array
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,24 +20,13 @@ from pfanet_cli.augment import to_unit_range
 from pfanet_cli.checkpoint import newest_checkpoint, restore_networks
 from pfanet_cli.console import console
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.features import FeatureSet, validate_arrays
 from pfanet_cli.networks import extract_test_features
 from pfanet_cli.prepare import BadImage, load_rgb
 from pfanet_cli.prepared import open_prepared
 from pfanet_cli.sysu_layout import IR_CAMERAS
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class ExtractedFeatures:
-    """What a features file holds (SPEC §1), plus the dataset and the official permutations."""
-
-    features: np.ndarray
-    pids: np.ndarray
-    camids: np.ndarray
-    paths: np.ndarray
-    dataset: str
-    perm_mat_bytes: bytes | None = None
 
 
 def load_feature_networks(checkpoint: Path, translate: bool) -> tuple[nn.Module, nn.Module | None, dict]:
@@ -82,12 +70,13 @@ def _resolve_checkpoint(checkpoint: Path | None, runs_root: Path, purpose: str) 
 
 def extract_split(checkpoint: Path | None, data_dir: Path, split: str = "test", translate: bool = True,
                   batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                  on_progress: Progress | None = None) -> ExtractedFeatures:
-    """Features of every image of a prepared split (for SYSU's test split: queries and gallery)."""
+                  on_progress: Progress | None = None) -> FeatureSet:
+    """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
+    the prepared data's official permutation file when it has one."""
     checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
+    extractor, generator, payload = load_feature_networks(checkpoint, translate)
     data = open_prepared(data_dir)
     rows = data.split(split)
-    extractor, generator, payload = load_feature_networks(checkpoint, translate)
     model_size = tuple(int(v) for v in payload["image_size"])
     if model_size != rows.image_size:
         console.print(f"note: {data.root} is {rows.image_size[0]}x{rows.image_size[1]}, the model was trained at "
@@ -97,9 +86,10 @@ def extract_split(checkpoint: Path | None, data_dir: Path, split: str = "test", 
         generator.to(device)
     features = compute_features(extractor, generator, rows.images, ~rows.is_ir, model_size, batch_size, device,
                                 on_progress)
+    result = validate_arrays(features, rows.pids, rows.camids, rows.paths, dataset=data.dataset)
     perm = data.perm_file()
-    return ExtractedFeatures(features, rows.pids, rows.camids, rows.paths, data.dataset,
-                             perm.read_bytes() if perm else None)
+    result.perm_mat_bytes = perm.read_bytes() if perm else None
+    return result
 
 
 _SYSU_PATH = re.compile(r"(?:^|/)cam([1-6])/(\d+)/[^/]+$")
@@ -122,7 +112,7 @@ def parse_identity(path: str) -> tuple[int, int, str | None, str | None]:
 
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                   on_progress: Progress | None = None) -> ExtractedFeatures:
+                   on_progress: Progress | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
     (``auto``: from the camera in the path)."""
@@ -159,5 +149,5 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
         generator.to(device)
     features = compute_features(extractor, generator, images, is_rgb, model_size, batch_size, device, on_progress)
     dataset = "regdb" if parsed and all(parts[3] == "regdb" for parts in parsed) else "sysu"
-    return ExtractedFeatures(features, np.array([p[0] for p in parsed], np.int64),
-                             np.array([p[1] for p in parsed], np.int64), np.array(relative), dataset)
+    return validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
+                           np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)

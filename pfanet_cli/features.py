@@ -142,6 +142,12 @@ def save_features(path: str | Path, features, pids, camids, paths, *, dataset: s
     return path
 
 
+def save_feature_set(path: str | Path, feature_set: FeatureSet) -> Path:
+    """:func:`save_features` for a :class:`FeatureSet` (an extraction or a loaded file)."""
+    return save_features(path, feature_set.features, feature_set.pids, feature_set.camids, feature_set.paths,
+                         dataset=feature_set.dataset, perm_mat_bytes=feature_set.perm_mat_bytes)
+
+
 def load_features(path: str | Path) -> FeatureSet:
     """Read and validate a features file; every problem is a :class:`DataError` naming the file."""
     path = Path(path)

@@ -7,7 +7,6 @@ prepared arrays (:func:`prepared_image_loader`) or from the raw dataset (:func:`
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 from pathlib import Path
@@ -189,27 +188,20 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def prepared_image_loader(data_dir: str | Path, split: str = "test") -> ImageLoader | None:
-    """Images from a prepared directory (``<split>_images.npy`` + ``<split>_index.csv``), looked up
-    by raw-relative path; None when the directory does not hold that split."""
-    data_dir = Path(data_dir)
-    images_file = data_dir / f"{split}_images.npy"
-    index_file = data_dir / f"{split}_index.csv"
-    if not images_file.is_file() or not index_file.is_file():
-        return None
+    """Images from a prepared directory's split, looked up by raw-relative path; None when the
+    directory does not hold that split."""
+    from pfanet_cli.errors import DataError
+    from pfanet_cli.prepared import open_prepared
+
     try:
-        images = np.load(images_file, mmap_mode="r")
-        with open(index_file, newline="", encoding="utf-8") as handle:
-            row_of = {row["path"].replace("\\", "/"): i for i, row in enumerate(csv.DictReader(handle))}
-    except (OSError, ValueError, KeyError):
+        rows = open_prepared(data_dir).split(split)
+    except DataError:
         return None
-    if images.ndim != 4 or images.shape[-1] != 3:
-        return None
+    row_of = {path: row for row, path in enumerate(rows.paths)}
 
     def load(path: str) -> np.ndarray | None:
         row = row_of.get(str(path).replace("\\", "/"))
-        if row is None or row >= len(images):
-            return None
-        return np.asarray(images[row])
+        return None if row is None else np.asarray(rows.images[row])
 
     return load
 

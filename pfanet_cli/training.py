@@ -201,17 +201,13 @@ class Phase:
     iterations: int
 
 
-def save_sample_grid(path: Path, rows: list[torch.Tensor], count: int = 8) -> None:
-    """A PNG whose columns are the given image batches ([-1, 1]), e.g. RGB | fake IR | real IR."""
-    from PIL import Image
+def save_sample_grid(path: Path, columns: list[torch.Tensor], count: int = 8,
+                     titles: tuple[str, ...] = ("RGB", "fake IR", "real IR")) -> None:
+    """A PNG of image batches ([-1, 1]) side by side, e.g. RGB | fake IR | real IR."""
+    from pfanet_cli.plots import save_image_grid
 
-    columns = [to_uint8(batch[:count].float()).cpu() for batch in rows]
-    tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: sample, then column
-    count, channels, height, width = len(columns[0]), tiles.shape[1], tiles.shape[2], tiles.shape[3]
-    grid = tiles.reshape(count, len(columns), channels, height, width).permute(0, 3, 1, 4, 2)
-    grid = grid.reshape(count * height, len(columns) * width, channels).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    arrays = [to_uint8(batch[:count].float()).permute(0, 2, 3, 1).cpu().numpy() for batch in columns]
+    save_image_grid(path, arrays, titles=titles)
 
 
 class StageTrainer:
@@ -515,7 +511,7 @@ def run_stage(trainer_class: type, recipe: Recipe, overrides: list[str], out: Pa
     from pfanet_cli.rundir import initialise_run, resolve_run
 
     distributed, device = init_distributed(recipe.train.device)
-    run, resume_from = resolve_run(recipe, trainer_class.stage, out, resume)
+    run, resume_from = _agreed_run(distributed, lambda: resolve_run(recipe, trainer_class.stage, out, resume))
     data = open_prepared(recipe.data.root)
     check_data_matches_recipe(data, recipe)
     set_determinism(recipe.train.deterministic)
@@ -530,6 +526,16 @@ def run_stage(trainer_class: type, recipe: Recipe, overrides: list[str], out: Pa
         print_stage_header(trainer_class.stage, run, device, distributed)
     checkpoint = trainer.run_training()
     return StageResult(run, checkpoint)
+
+
+def _agreed_run(distributed: Distributed, resolve) -> tuple[RunDir, Path | None]:
+    """Rank 0 picks the run directory and the checkpoint to resume from; the other ranks use its
+    choice (they would otherwise race rank 0's new directory and disagree on timestamps)."""
+    if not distributed.enabled:
+        return resolve()
+    choice = [resolve() if distributed.is_main else None]
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def network_parameter_counts(recipe: Recipe, stage: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ from test_protocols import perm_for, sysu_like  # noqa: E402
 
 from pfanet_cli.cli import main  # noqa: E402
 from pfanet_cli.features import save_features  # noqa: E402
+from pfanet_cli.prepare import PREPARED_FORMAT, PREPARED_FORMAT_VERSION  # noqa: E402
 from pfanet_cli.protocols import METRIC_KEYS  # noqa: E402
 from pfanet_cli.sysu_layout import save_rand_perm_cam  # noqa: E402
 
@@ -102,6 +103,9 @@ def write_prepared(folder: Path, paths, pids, camids, size=(16, 8)) -> Path:
         writer.writerow(["path", "pid", "camid", "modality", "label"])
         for path, pid, cam in zip(paths, pids, camids):
             writer.writerow([path, int(pid), int(cam), "ir" if cam in (3, 6) else "rgb", -1])
+    manifest = {"format": PREPARED_FORMAT, "format_version": PREPARED_FORMAT_VERSION, "dataset": "sysu",
+                "size": list(size), "splits": {"test": {"images": len(paths)}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
@@ -203,17 +207,17 @@ def test_checkpoint_branch_uses_the_extract_stage(sysu_files, tmp_path: Path, ca
 
     calls = []
 
-    def fake(checkpoint, data_dir, device):
-        calls.append((checkpoint, data_dir, device))
+    def fake(checkpoint, data_dir, split, device):
+        calls.append((checkpoint, data_dir, split, device))
         return load_features(sysu_files["features"])
 
-    monkeypatch.setattr(extract, "extract_features_for_evaluation", fake, raising=False)
+    monkeypatch.setattr(extract, "extract_split", fake)
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"stand-in")
     out = tmp_path / "r.json"
     code, _, _ = run(["--checkpoint", checkpoint, "--data", tmp_path, "--device", "cpu", "--trials", "1",
                       "--json", out], capsys)
-    assert code == 0 and calls == [(checkpoint, tmp_path, "cpu")]
+    assert code == 0 and calls == [(checkpoint, tmp_path, "test", "cpu")]
     assert json.loads(out.read_text())["sampler"] == "official"   # the permutation travels with the features
 
 

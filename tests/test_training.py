@@ -191,5 +191,6 @@ def test_sample_grid_columns_are_rgb_fake_real(prepared, tmp_path):
 
     result = run_stage(GanTrainer, tiny(prepared), [], tmp_path / "gan", None, show_progress=False)
     grid = np.asarray(Image.open(sorted(result.run.samples.glob("*.png"))[-1]))
-    assert grid.shape == (4 * 64, 3 * 32, 3)  # P*K = 4 samples, columns RGB | fake IR | real IR
+    gap, title = 4, 14  # P*K = 4 samples in rows; columns RGB | fake IR | real IR under a title line
+    assert grid.shape == (title + 4 * (64 + gap) - gap, 3 * (32 + gap) - gap, 3)
     assert grid.std() > 0

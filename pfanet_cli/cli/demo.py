@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from pfanet_cli.errors import PfanetError
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pfanet_cli.cli.common import DeviceOption, OverridesArgument
 
 
-def demo_command() -> None:
-    """Run the whole pipeline on built-in synthetic data, on CPU, in minutes."""
-    raise PfanetError("demo is not built yet (issue #5)")
+def demo_command(
+    overrides: OverridesArgument = None,
+    out: Annotated[Path, typer.Option("--out", help="demo folder (re-running resumes it)")] = Path("runs/demo"),
+    device: DeviceOption = None,
+    ids: Annotated[int, typer.Option("--ids", help="synthetic identities (half train, a tenth val, 40% test)")] = 200,
+    recipe: Annotated[str, typer.Option("--recipe", help="recipe file or bundled recipe name")] = "demo_cpu.yaml",
+    seed: Annotated[int, typer.Option("--seed", help="random seed of the data and the training")] = 0,
+) -> None:
+    """Run the whole pipeline on built-in synthetic data (render, prepare, train-gan, train-joint,
+    translate, extract, evaluate) and write report.html, report.md and results.json."""
+    from pfanet_cli.demo import run_demo
+
+    run_demo(out, device or "auto", ids, recipe, overrides or [], seed)

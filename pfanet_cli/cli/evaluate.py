@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,8 +12,8 @@ from rich.table import Table
 from pfanet_cli import protocols
 from pfanet_cli.cli import common
 from pfanet_cli.console import console
-from pfanet_cli.errors import CheckpointError, PfanetError
-from pfanet_cli.features import FeatureSet, load_features, validate_arrays
+from pfanet_cli.errors import CheckpointError
+from pfanet_cli.features import FeatureSet, load_features
 from pfanet_cli.plots import prepared_image_loader, raw_image_loader, save_cmc_plot, save_ranked_lists
 
 DEFAULT_DATA = Path("data/prepared")
@@ -22,35 +21,15 @@ DEFAULT_DATA = Path("data/prepared")
 
 def _features_from_checkpoint(checkpoint: Path | None, data_dir: Path, device: str | None) -> FeatureSet:
     """Test features extracted with a checkpoint (the newest train-joint one under runs/ when None)."""
-    if checkpoint is not None and not checkpoint.is_file():
-        raise CheckpointError(f"checkpoint {checkpoint} not found; pass an existing file to --checkpoint")
-    if importlib.util.find_spec("pfanet_cli.extract") is None:
-        if checkpoint is None:
-            raise CheckpointError("no features file and no checkpoint found: pass --features F.npz, or train a "
-                                  "model first (pfanet train-joint RECIPE)")
-        raise PfanetError("evaluating a checkpoint needs the extract stage (pfanet_cli.extract), which this "
-                          "installation lacks; write features with `pfanet extract` and pass --features")
-    from pfanet_cli import extract
+    from pfanet_cli.extract import extract_split
+    from pfanet_cli.training import resolve_device
 
     try:
-        if hasattr(extract, "extract_features_for_evaluation"):
-            result = extract.extract_features_for_evaluation(checkpoint=checkpoint, data_dir=data_dir, device=device)
-        else:
-            from pfanet_cli.training import resolve_device
-
-            result = extract.extract_split(checkpoint, data_dir, "test", device=str(resolve_device(device or "auto")))
+        return extract_split(checkpoint, data_dir, "test", device=str(resolve_device(device or "auto")))
     except CheckpointError as exc:
         if checkpoint is None:  # nothing was named: say how to evaluate without a checkpoint too
             raise CheckpointError(f"{exc}; or evaluate a features file with --features F.npz") from exc
         raise
-    if isinstance(result, (str, Path)):
-        return load_features(result)
-    if isinstance(result, FeatureSet):
-        return result
-    fs = validate_arrays(result.features, result.pids, result.camids, result.paths,
-                         dataset=getattr(result, "dataset", None))
-    fs.perm_mat_bytes = getattr(result, "perm_mat_bytes", None)
-    return fs
 
 
 def _metric_cell(result: protocols.EvalResult, key: str) -> str:

@@ -79,7 +79,7 @@ def extract_command(
 ) -> None:
     """Extract test features (flip-summed, L2-normalised GAP vectors) into a features .npz file."""
     from pfanet_cli.extract import extract_folder, extract_split
-    from pfanet_cli.features import save_features
+    from pfanet_cli.features import save_feature_set
 
     with progress_bar() as progress:
         advance = _progress_callback(progress, "extract")
@@ -89,6 +89,5 @@ def extract_command(
         else:
             result = extract_split(checkpoint, data, split, translate, batch_size, _device(device), runs_root,
                                    advance)
-    save_features(out, result.features, result.pids, result.camids, result.paths, dataset=result.dataset,
-                  perm_mat_bytes=result.perm_mat_bytes)
-    console.print(f"wrote {len(result.features):,} features of size {result.features.shape[1]} to {out}")
+    save_feature_set(out, result)
+    console.print(f"wrote {len(result):,} features of size {result.dim} to {out}")

@@ -65,7 +65,8 @@ def train_gan_command(
         _dry_run(loaded, GanTrainer.stage, as_json)
         return
     result = run_stage(GanTrainer, loaded, overrides, out, resume)
-    console.print(f"train-gan finished: {result.checkpoint}")
+    if result.checkpoint is not None:  # rank 0 under torchrun
+        console.print(f"train-gan finished: {result.checkpoint}")
 
 
 def train_joint_command(
@@ -90,4 +91,5 @@ def train_joint_command(
         _dry_run(loaded, JointTrainer.stage, as_json)
         return
     result = run_stage(JointTrainer, loaded, overrides, out, resume, init_gan=init_gan)
-    console.print(f"train-joint finished: {result.checkpoint}")
+    if result.checkpoint is not None:  # rank 0 under torchrun
+        console.print(f"train-joint finished: {result.checkpoint}")
