@@ -304,6 +304,7 @@ class StageTrainer:
         for key, sched in self.schedulers().items():
             sched.load_state_dict(payload["schedulers"][key])
         self.phase_index, self.iteration = int(payload["phase_index"]), int(payload["iteration"])
+        self._checkpointed_at = self.global_iteration()
         self.metrics_state = dict(payload.get("metrics", {}))
         self.load_extra_state(payload["state"])
         restore_rng_state(payload["rng"])

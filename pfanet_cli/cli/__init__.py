@@ -65,8 +65,7 @@ def _report(exc: BaseException, message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 2 usage, 3 data, 4 checkpoint, 1 other)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if "--debug" in args:
-        common.set_debug(True)
+    common.set_debug("--debug" in args)
     try:
         app(args=args, prog_name="pfanet", standalone_mode=True)
     except SystemExit as exc:

@@ -26,13 +26,17 @@ OverridesArgument = Annotated[
 ]
 
 
+_debug = False
+
+
 def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    """``--debug`` was given to this invocation, or PFANET_DEBUG is set in the environment."""
+    return _debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def set_debug(enabled: bool) -> None:
-    if enabled:
-        os.environ[DEBUG_ENV] = "1"
+    global _debug
+    _debug = enabled
 
 
 def guard_interrupt(func: Callable[..., Any]) -> Callable[..., Any]:
