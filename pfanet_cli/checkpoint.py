@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,6 +18,7 @@ from typing import Any, Iterable
 import torch
 
 from pfanet_cli import __version__
+from pfanet_cli.atomic import atomic_write
 from pfanet_cli.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "pfanet-checkpoint"
@@ -34,33 +34,9 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically: a crash or a full disk leaves the previous file untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``payload`` atomically and durably: a crash or a full disk leaves the previous file untouched."""
+    with atomic_write(path, durable=True) as handle:
+        torch.save(payload, handle)
 
 
 def link_checkpoint(source: Path, target: Path) -> None:

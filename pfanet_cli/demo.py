@@ -43,6 +43,8 @@ from pfanet_cli.translate import translate_folder
 DEMO_RECIPE = "demo_cpu.yaml"
 GRID_SAMPLES = 8
 RANKED_QUERIES = 4
+FIGURE_SCALE = 2
+"""Small demo images are drawn at twice their size in the report."""
 
 
 @dataclass
@@ -159,7 +161,8 @@ def _translate_sample(out: Path, test: PreparedSplit, checkpoint: Path, device: 
     from PIL import Image
 
     fakes = np.stack([np.asarray(Image.open(translated / test.paths[row]).convert("RGB")) for row in rgb_rows])
-    return save_image_grid(figures / "translation.png", [test.images[rgb_rows], fakes, test.images[ir_rows]])
+    return save_image_grid(figures / "translation.png", [test.images[rgb_rows], fakes, test.images[ir_rows]],
+                           titles=("RGB", "fake IR", "real IR"), scale=FIGURE_SCALE)
 
 
 def _untrained_features(recipe: Recipe, num_classes: int, test: PreparedSplit, device: str, seed: int) -> np.ndarray:
@@ -183,19 +186,20 @@ def _evaluation_figures(folder: Path, results: list[EvalResult], baselines: dict
             for q, gallery in examples]
     ranks = folder / "ranked_lists.png"
     save_ranked_lists(ranks, rows, prepared_image_loader(out / "prepared", "test"),
-                      cell_size=test.image_size, title=f"top-10, {setting_name(first)}, trial 1")
+                      cell_size=(test.image_size[0] * FIGURE_SCALE, test.image_size[1] * FIGURE_SCALE),
+                      title=f"top-10, {setting_name(first)}, trial 1")
     return [Figure(cmc, f"CMC curves, {setting_name(first)}"),
             Figure(ranks, "Ranked lists: IR query (blue), then the 10 best RGB gallery images "
                           "(green: same person, red: another)")]
 
 
 def _write_json(out: Path, results: list[EvalResult], baselines: dict[str, list[EvalResult]]) -> None:
+    from pfanet_cli.atomic import write_text
     from pfanet_cli.protocols import write_results_json
-    from pfanet_cli.report import write_text_atomically
 
     write_results_json(out / "results.json", results, as_list=True)
     payload = {name: [r.to_json_dict() for r in runs] for name, runs in baselines.items()}
-    write_text_atomically(out / "baselines.json", json.dumps(payload, indent=2) + "\n")
+    write_text(out / "baselines.json", json.dumps(payload, indent=2) + "\n")
 
 
 def _summary(data, recipe: Recipe, timings: dict[str, float]) -> list[str]:

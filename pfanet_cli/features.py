@@ -15,14 +15,13 @@ For SYSU-MM01 it holds every test image of both modalities (queries and every ga
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pfanet_cli.atomic import atomic_write
 from pfanet_cli.errors import DataError
 
 REQUIRED_KEYS = ("features", "pids", "camids", "paths")
@@ -128,17 +127,8 @@ def save_features(path: str | Path, features, pids, camids, paths, *, dataset: s
         arrays["dataset"] = np.asarray(dataset)
     if perm_mat_bytes is not None:
         arrays["perm_mat"] = np.frombuffer(bytes(perm_mat_bytes), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, durable=True) as handle:
+        np.savez(handle, **arrays)
     return path
 
 

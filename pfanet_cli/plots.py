@@ -7,12 +7,12 @@ prepared arrays (:func:`prepared_image_loader`) or from the raw dataset (:func:`
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from pfanet_cli.atomic import atomic_write
 
 ImageLoader = Callable[[str], "np.ndarray | None"]
 
@@ -22,13 +22,10 @@ QUERY = (60, 90, 200)
 BACKGROUND = (255, 255, 255)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-
-
-def _finish(tmp_name: str, path: Path) -> Path:
-    os.replace(tmp_name, path)
+def _save_picture(picture, path: Path) -> Path:
+    """A PIL image to PNG (or JPEG for .jpg names), written atomically."""
+    with atomic_write(path) as handle:
+        picture.save(handle, format="JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
     return path
 
 
@@ -59,14 +56,9 @@ def save_cmc_plot(path: str | Path, curves: Mapping[str, np.ndarray], *, title: 
     if curves:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return _finish(tmp, path)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png")
+    return path
 
 
 def _cell(image: np.ndarray | None, size: tuple[int, int], border: int, colour: tuple[int, int, int]) -> np.ndarray:
@@ -135,25 +127,21 @@ def save_ranked_lists(path: str | Path, rows: Sequence[tuple[str, int, Sequence[
     for line, (query_pid, _) in enumerate(drawn):
         y = top + line * (ch + label_h + 4)
         draw.text((2, y + 1), f"id {query_pid}", fill=(0, 0, 0))
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            picture.save(handle, format="PNG" if path.suffix.lower() not in (".jpg", ".jpeg") else "JPEG")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _finish(tmp, path)
+    _save_picture(picture, path)
     return len(drawn)
 
 
 def save_image_grid(path: str | Path, columns: Sequence[Sequence[np.ndarray]], *,
-                    titles: Sequence[str] | None = None, gap: int = 4) -> Path:
+                    titles: Sequence[str] | None = None, gap: int = 4, scale: int = 1) -> Path:
     """Rows of images side by side: row ``i`` shows ``columns[j][i]`` for every column ``j`` (e.g.
     RGB | fake IR | real IR). Images are H x W x 3 (or H x W) uint8; every cell takes the size of the
-    first column's first image. Rows are as many as the shortest column."""
+    first column's first image. Rows are as many as the shortest column. ``scale`` enlarges every
+    image (nearest neighbour) so that small training images stay readable."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
+    if scale > 1:
+        columns = [[np.asarray(image).repeat(scale, 0).repeat(scale, 1) for image in column] for column in columns]
     if not columns or min(len(c) for c in columns) == 0:
         raise ValueError("save_image_grid needs at least one image per column")
     h, w = np.asarray(columns[0][0]).shape[:2]
@@ -170,14 +158,7 @@ def save_image_grid(path: str | Path, columns: Sequence[Sequence[np.ndarray]], *
         draw = ImageDraw.Draw(picture)
         for j, title in enumerate(titles):
             draw.text((j * (w + gap) + 2, 1), str(title), fill=(0, 0, 0))
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            picture.save(handle, format="PNG" if path.suffix.lower() not in (".jpg", ".jpeg") else "JPEG")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return _finish(tmp, path)
+    return _save_picture(picture, path)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

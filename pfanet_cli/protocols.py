@@ -45,6 +45,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pfanet_cli.atomic import write_text
 from pfanet_cli.errors import DataError, UsageError
 from pfanet_cli.sysu_layout import (
     ALL_CAMERAS,
@@ -847,16 +848,7 @@ def write_results_json(path: str | Path, results: Sequence[EvalResult], *, as_li
     """Write the SPEC §1 evaluation JSON (atomically): one object, or a list when ``as_list``."""
     path = Path(path)
     payload = [r.to_json_dict() for r in results] if as_list else results[0].to_json_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(payload, indent=2) + "\n")
     return path
 
 

@@ -5,12 +5,11 @@ ranked lists. Report files are written whole or not at all (temporary file + ren
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pfanet_cli.atomic import write_text
 from pfanet_cli.protocols import EvalResult
 
 METRICS = ("r1", "r5", "r10", "r20", "mAP", "mINP")
@@ -124,23 +123,11 @@ def render_html(content: ReportContent, base: Path) -> str:
     return "\n".join(parts)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(folder: Path, content: ReportContent) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``folder`` (figures are already there)."""
     markdown, page = folder / "report.md", folder / "report.html"
-    write_text_atomically(markdown, render_markdown(content, folder))
-    write_text_atomically(page, render_html(content, folder))
+    write_text(markdown, render_markdown(content, folder))
+    write_text(page, render_html(content, folder))
     return markdown, page
 
 

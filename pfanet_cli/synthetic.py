@@ -45,6 +45,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from pfanet_cli.atomic import write_text
 from pfanet_cli.errors import DataError, UsageError
 from pfanet_cli.sysu_layout import (
     ALL_CAMERAS,
@@ -930,9 +931,7 @@ def _marker_info(plan: SyntheticPlan, complete: bool) -> dict:
 
 
 def _write_marker(out: Path, plan: SyntheticPlan, complete: bool) -> None:
-    tmp = out / (MARKER_FILE + ".tmp")
-    tmp.write_text(json.dumps(_marker_info(plan, complete), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MARKER_FILE)
+    write_text(out / MARKER_FILE, json.dumps(_marker_info(plan, complete), indent=1, sort_keys=True) + "\n")
 
 
 def _already_rendered(out: Path, plan: SyntheticPlan) -> bool:

@@ -9,7 +9,6 @@ records the checkpoint and every file written. Existing outputs are never overwr
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pfanet_cli.atomic import atomic_write
 from pfanet_cli.augment import to_uint8, to_unit_range
 from pfanet_cli.checkpoint import STAGES, newest_checkpoint, restore_networks
 from pfanet_cli.errors import DataError, UsageError
@@ -79,10 +79,8 @@ def _write_image(pixels: np.ndarray, target: Path, size: tuple[int, int] | None)
     image = Image.fromarray(pixels)
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
-    image.save(tmp)
-    os.replace(tmp, target)
+    with atomic_write(target) as handle:
+        image.save(handle, format=Image.registered_extensions()[target.suffix.lower()])
 
 
 def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = None, runs_root: Path = Path("runs"),

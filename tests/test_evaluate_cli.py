@@ -241,3 +241,13 @@ def test_picture_helpers(tmp_path: Path):
     assert (pixels == (40, 170, 60)).all(axis=2).any() and (pixels == (210, 40, 40)).all(axis=2).any()
     assert save_ranked_lists(tmp_path / "none.png", [("missing.jpg", 1, [])], images.get) == 0
     assert not (tmp_path / "none.png").exists()
+
+
+def test_image_grid_scale_enlarges_every_cell(tmp_path: Path):
+    from pfanet_cli.plots import save_image_grid
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 4, 3), dtype=np.uint8)
+    with Image.open(save_image_grid(tmp_path / "big.png", [images, images], gap=2, scale=3)) as picture:
+        assert picture.size == (2 * 12 + 2, 2 * 24 + 2)
+        pixels = np.asarray(picture)
+    np.testing.assert_array_equal(pixels[:24, :12], images[0].repeat(3, 0).repeat(3, 1))
