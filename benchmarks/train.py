@@ -1,8 +1,9 @@
-"""Benchmark: train-joint speed at paper scale (SPEC §6): ResNet-50 with BNG and MMM, 288x144,
+"""Benchmark: training speed at paper scale (SPEC §6): ResNet-50 with BNG and MMM, 288x144,
 P=9 x K=4 RGB + the same number of IR images per iteration, on the available device.
 
-Renders a small synthetic dataset, prepares it at the recipe's size, builds the recipe's trainer,
-and times warm-up (F only) and joint (F, G, D) iterations after a few untimed ones. FLOPs of one
+Renders a small synthetic dataset, prepares it at the recipe's size, builds the recipe's trainers,
+and times train-gan iterations, then train-joint warm-up (F only) and joint (F, G, D) iterations,
+each after a few untimed ones. FLOPs of one
 iteration of each phase are counted with ``torch.utils.flop_counter`` and compared with the
 machine's own dense matrix-multiply rate (the same dtype the recipe trains in), giving the fraction
 of that rate the training sustains. Prints one JSON line.
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from pfanet_cli.prepared import open_prepared
 from pfanet_cli.recipes import load_recipe
 from pfanet_cli.rundir import RunDir
 from pfanet_cli.synthetic import render_synthetic_sysu
+from pfanet_cli.train_gan import GanTrainer
 from pfanet_cli.train_joint import JointTrainer
 from pfanet_cli.training import Distributed, resolve_device
 
@@ -51,7 +54,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
-def time_phase(trainer: JointTrainer, phase: str, iterations: int, warmup: int) -> tuple[float, int]:
+def time_phase(trainer: GanTrainer | JointTrainer, phase: str, iterations: int, warmup: int) -> tuple[float, int]:
     for i in range(warmup):
         trainer.step(phase, i + 1)
     synchronise(trainer.device)
@@ -76,6 +79,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pfanet-bench-train-"))
+    try:
+        print(json.dumps(run_benchmark(args, work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> dict:
     probe = load_recipe(args.recipe, args.overrides)
     render_synthetic_sysu(work / "raw", preset="small", ids=args.ids, height=probe.data.height,
                           width=probe.data.width)
@@ -84,29 +94,33 @@ def main() -> None:
                                        f"train.device={args.device}", *args.overrides])
     device = resolve_device(recipe.train.device)
     torch.manual_seed(0)
-    trainer = JointTrainer(recipe, RunDir(work / "run"), open_prepared(work / "prepared"), device, Distributed(),
-                           show_progress=False)
-    images = trainer.images_per_iteration()
+    data = open_prepared(work / "prepared")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.train.amp, torch.float32)
     if device.type == "cpu" and amp_dtype == torch.float16:
         amp_dtype = torch.float32
     peak = matmul_rate(device, amp_dtype, 4096 if device.type == "cuda" else 2048, 20 if device.type == "cuda" else 5)
-    result = {"benchmark": "train-joint", "recipe": recipe.name, "device": str(device),
+    result = {"benchmark": "train", "recipe": recipe.name, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
               "cpu_cores": os.cpu_count(), "amp": recipe.train.amp,
               "channels_last": recipe.train.channels_last and device.type == "cuda",
-              "image_size": [recipe.data.height, recipe.data.width], "images_per_iteration": images,
-              "matmul_tflops": round(peak / 1e12, 3)}
-    for phase in ("warmup", "joint"):
+              "image_size": [recipe.data.height, recipe.data.width], "matmul_tflops": round(peak / 1e12, 3)}
+    stages = {"gan": (GanTrainer, recipe.gan.iterations), "warmup": (JointTrainer, recipe.joint.warmup_iterations),
+              "joint": (JointTrainer, recipe.joint.iterations)}
+    total_seconds = total_flops = 0.0
+    for phase, (trainer_class, recipe_iterations) in stages.items():
+        trainer = trainer_class(recipe, RunDir(work / f"run-{phase}"), data, device, Distributed(), show_progress=False)
+        images = trainer.images_per_iteration()
         seconds, flops = time_phase(trainer, phase, args.iterations, args.warmup)
-        result[phase] = {"seconds_per_iteration": round(seconds, 4), "iterations_per_s": round(1 / seconds, 3),
+        result[phase] = {"images_per_iteration": images, "seconds_per_iteration": round(seconds, 4),
                          "images_per_s": round(images / seconds, 1), "tflop_per_iteration": round(flops / 1e12, 3),
                          "sustained_tflops": round(flops / seconds / 1e12, 3),
                          "fraction_of_matmul": round(flops / seconds / peak, 3)}
-    total = (recipe.joint.warmup_iterations * result["warmup"]["seconds_per_iteration"]
-             + recipe.joint.iterations * result["joint"]["seconds_per_iteration"])
-    result["train_joint_hours_at_this_rate"] = round(total / 3600, 2)
-    print(json.dumps(result))
+        total_seconds += recipe_iterations * seconds
+        total_flops += recipe_iterations * flops
+        del trainer
+    result["recipe_pflop"] = round(total_flops / 1e15, 1)
+    result["recipe_hours_at_this_rate"] = round(total_seconds / 3600, 2)
+    return result
 
 
 if __name__ == "__main__":
