@@ -14,7 +14,9 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -53,17 +55,21 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.overrides)
     device = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="pfanet-bench-extract-"))
+    try:
+        print(json.dumps(measure_extract(args, recipe, device, work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_extract(args: argparse.Namespace, recipe, device: torch.device, work: Path) -> dict:
     render_synthetic_sysu(work / "raw", preset="small", ids=args.ids, height=recipe.data.height,
                           width=recipe.data.width)
     prepare_sysu(work / "raw", work / "prepared", recipe.data.height, recipe.data.width)
     data = open_prepared(work / "prepared")
     checkpoint = untrained_checkpoint(work / "model.pt", recipe, data.split("train").num_classes)
-    test = data.split("test")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     extract_split(checkpoint, work / "prepared", batch_size=args.batch_size, device=str(device))  # warm-up
-    import time
-
     started = time.perf_counter()
     result = extract_split(checkpoint, work / "prepared", batch_size=args.batch_size, device=str(device))
     if device.type == "cuda":
@@ -76,7 +82,7 @@ def main() -> None:
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
         report["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    print(json.dumps(report))
+    return report
 
 
 if __name__ == "__main__":

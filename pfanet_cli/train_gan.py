@@ -11,7 +11,6 @@ import itertools
 from typing import Any
 
 import torch
-from torch import nn
 
 from pfanet_cli.losses import cycle_loss, lsgan_loss
 from pfanet_cli.networks import build_networks
@@ -55,25 +54,9 @@ class GanTrainer(StageTrainer):
                                    seed=recipe.train.seed + distributed.rank,
                                    channels_last=recipe.train.channels_last and device.type == "cuda")
         self.pools = {"ir": ImagePool(gan.pool_size), "rgb": ImagePool(gan.pool_size)}
-        self.last_images: list[torch.Tensor] = []
 
     def phases(self) -> list[Phase]:
         return [Phase("gan", self.recipe.gan.iterations)]
-
-    def networks(self) -> dict[str, nn.Module]:
-        return self.nets
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.opts
-
-    def num_classes(self) -> int:
-        return self.split.num_classes
-
-    def images_per_iteration(self) -> int:
-        return 2 * self.batches.sampler.batch_size * self.distributed.world_size
-
-    def sample_images(self) -> list[torch.Tensor]:
-        return self.last_images
 
     def step(self, phase: str, iteration: int) -> dict[str, torch.Tensor]:
         gan, nets = self.recipe.gan, self.nets

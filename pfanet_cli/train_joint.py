@@ -98,29 +98,13 @@ class JointTrainer(StageTrainer):
                                    channels_last=recipe.train.channels_last and device.type == "cuda")
         self.pool_rgb = ImagePool(recipe.gan.pool_size)
         self.margin = joint.resolved_margin()
-        self.last_images: list[torch.Tensor] = []
 
     # --- stage description -----------------------------------------------------------------------
     def phases(self) -> list[Phase]:
         return [Phase("warmup", self.recipe.joint.warmup_iterations), Phase("joint", self.recipe.joint.iterations)]
 
-    def networks(self) -> dict[str, nn.Module]:
-        return self.nets
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.opts
-
     def schedulers(self) -> dict[str, Any]:
         return self.scheds
-
-    def num_classes(self) -> int:
-        return self.split.num_classes
-
-    def images_per_iteration(self) -> int:
-        return 2 * self.batches.sampler.batch_size * self.distributed.world_size
-
-    def sample_images(self) -> list[torch.Tensor]:
-        return self.last_images
 
     # --- losses -------------------------------------------------------------------------------------
     def _triplet(self, anchors, others, labels) -> torch.Tensor:

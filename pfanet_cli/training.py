@@ -211,7 +211,13 @@ def save_sample_grid(path: Path, columns: list[torch.Tensor], count: int = 8,
 
 
 class StageTrainer:
-    """Runs the phases of one stage. Subclasses set ``stage`` and implement the abstract parts."""
+    """Runs the phases of one stage.
+
+    Subclasses set ``stage``, implement ``phases`` and ``step``, and in ``__init__`` fill the state
+    the shared accessors read: ``split`` (the training split), ``nets`` (the networks to checkpoint,
+    by SPEC key, possibly DDP-wrapped), ``opts`` (optimizers by name), ``batches`` (a
+    :class:`BatchSource`) and ``last_images`` (the batches of the latest sample grid).
+    """
 
     stage = ""
 
@@ -224,37 +230,42 @@ class StageTrainer:
         self.phase_index, self.iteration = 0, 0
         self.metrics_state: dict[str, Any] = {}
         self._checkpointed_at = -1
+        self.split: PreparedSplit
+        self.nets: dict[str, nn.Module] = {}
+        self.opts: dict[str, torch.optim.Optimizer] = {}
+        self.batches: BatchSource
+        self.last_images: list[torch.Tensor] = []
 
     # --- to implement ------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
-    def networks(self) -> dict[str, nn.Module]:
-        """The networks to checkpoint, by SPEC key (possibly DDP-wrapped)."""
-        raise NotImplementedError
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
-
-    def schedulers(self) -> dict[str, Any]:
-        return {}
-
     def step(self, phase: str, iteration: int) -> dict[str, torch.Tensor]:
         """One training iteration; returns the (detached) losses to log."""
         raise NotImplementedError
 
+    # --- shared accessors --------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return self.nets
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.opts
+
+    def schedulers(self) -> dict[str, Any]:
+        return {}
+
     def sample_images(self) -> list[torch.Tensor]:
         """Batches to put side by side in the sample grid."""
-        raise NotImplementedError
+        return self.last_images
 
     def images_per_iteration(self) -> int:
-        raise NotImplementedError
+        return 2 * self.batches.sampler.batch_size * self.distributed.world_size
+
+    def num_classes(self) -> int:
+        return self.split.num_classes
 
     def architecture(self) -> dict[str, Any]:
         return recipe_to_dict(self.recipe)["model"]
-
-    def num_classes(self) -> int:
-        raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
         return {}

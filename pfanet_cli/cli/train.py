@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from pfanet_cli.cli.common import DeviceOption, OutOption, OverridesArgument, ResumeOption, SeedOption
 from pfanet_cli.console import console
+
+if TYPE_CHECKING:
+    from pfanet_cli.recipes import Recipe
 
 RecipeArgument = Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/sysu_pfanet.yaml")]
 DryRunOption = Annotated[
@@ -18,7 +21,8 @@ DryRunOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="with --dry-run: print the counts as JSON")]
 
 
-def _load(recipe: Path, overrides: list[str] | None, device: str | None, seed: int | None):
+def _load(recipe: Path, overrides: list[str] | None, device: str | None,
+          seed: int | None) -> tuple[Recipe, list[str]]:
     from pfanet_cli.recipes import load_recipe
 
     overrides = list(overrides or [])
@@ -29,7 +33,7 @@ def _load(recipe: Path, overrides: list[str] | None, device: str | None, seed: i
     return load_recipe(recipe, overrides), overrides
 
 
-def _dry_run(recipe, stage: str, as_json: bool) -> None:
+def _dry_run(recipe: Recipe, stage: str, as_json: bool) -> None:
     from rich.table import Table
 
     from pfanet_cli.training import network_parameter_counts
@@ -46,6 +50,20 @@ def _dry_run(recipe, stage: str, as_json: bool) -> None:
     console.print(table)
 
 
+def _train(trainer_class: type, loaded: tuple[Recipe, list[str]], out: Path | None, resume: str | None,
+           dry_run: bool, as_json: bool, **stage_options: Any) -> None:
+    """Print parameter counts (``--dry-run``) or run the stage of ``trainer_class``."""
+    from pfanet_cli.training import run_stage
+
+    recipe, overrides = loaded
+    if dry_run:
+        _dry_run(recipe, trainer_class.stage, as_json)
+        return
+    result = run_stage(trainer_class, recipe, overrides, out, resume, **stage_options)
+    if result.checkpoint is not None:  # rank 0 under torchrun
+        console.print(f"{trainer_class.stage} finished: {result.checkpoint}")
+
+
 def train_gan_command(
     recipe: RecipeArgument,
     overrides: OverridesArgument = None,
@@ -58,15 +76,8 @@ def train_gan_command(
 ) -> None:
     """Pixel-alignment warm-up: G_I and G_R against plain PatchGAN discriminators (CycleGAN part)."""
     from pfanet_cli.train_gan import GanTrainer
-    from pfanet_cli.training import run_stage
 
-    loaded, overrides = _load(recipe, overrides, device, seed)
-    if dry_run:
-        _dry_run(loaded, GanTrainer.stage, as_json)
-        return
-    result = run_stage(GanTrainer, loaded, overrides, out, resume)
-    if result.checkpoint is not None:  # rank 0 under torchrun
-        console.print(f"train-gan finished: {result.checkpoint}")
+    _train(GanTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json)
 
 
 def train_joint_command(
@@ -84,12 +95,5 @@ def train_joint_command(
 ) -> None:
     """Feature warm-up, then joint PFANet training of F, G_I/G_R and the joint discriminator."""
     from pfanet_cli.train_joint import JointTrainer
-    from pfanet_cli.training import run_stage
 
-    loaded, overrides = _load(recipe, overrides, device, seed)
-    if dry_run:
-        _dry_run(loaded, JointTrainer.stage, as_json)
-        return
-    result = run_stage(JointTrainer, loaded, overrides, out, resume, init_gan=init_gan)
-    if result.checkpoint is not None:  # rank 0 under torchrun
-        console.print(f"train-joint finished: {result.checkpoint}")
+    _train(JointTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json, init_gan=init_gan)
