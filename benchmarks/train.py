@@ -3,10 +3,10 @@ P=9 x K=4 RGB + the same number of IR images per iteration, on the available dev
 
 Renders a small synthetic dataset, prepares it at the recipe's size, builds the recipe's trainers,
 and times train-gan iterations, then train-joint warm-up (F only) and joint (F, G, D) iterations,
-each after a few untimed ones. FLOPs of one
-iteration of each phase are counted with ``torch.utils.flop_counter`` and compared with the
-machine's own dense matrix-multiply rate (the same dtype the recipe trains in), giving the fraction
-of that rate the training sustains. Prints one JSON line.
+each after a few untimed ones. FLOPs of one iteration of each phase are counted with
+``torch.utils.flop_counter`` and compared with the machine's own dense matrix-multiply rate (the
+same dtype the recipe trains in), giving the fraction of that rate the training sustains; the
+recipe's iteration counts turn both into the whole recipe's FLOPs and hours. Prints one JSON line.
 
     python benchmarks/train.py [--recipe sysu_pfanet.yaml] [--iterations 5] [--warmup 2] [--device auto] [k=v ...]
 """
