@@ -433,9 +433,8 @@ class _TrialPlan:
     is_member: np.ndarray              # bool (C + 1,), the last entry (sentinel) False
     word: int                          # packed counter word holding this trial
     shift: np.uint64                   # bit offset of the trial's field in that word
-    layout: np.ndarray | None = None   # intp (ids * width,): members grouped by identity, padded with C
-    num_ids: int = 0
-    width: int = 0
+    by_identity: np.ndarray | None = None  # intp: the members grouped by identity
+    identity_starts: np.ndarray | None = None  # intp: where each identity's group starts
 
 
 @dataclass
@@ -510,12 +509,8 @@ class RankingEngine:
             if dedup and gal.size:
                 ident = self.candidate_ids[gal]
                 sort = np.argsort(ident, kind="stable")
-                _, starts, counts = np.unique(ident[sort], return_index=True, return_counts=True)
-                width = int(counts.max())
-                layout = np.full((len(counts), width), c, dtype=np.intp)
-                layout[np.repeat(np.arange(len(counts)), counts),
-                       np.arange(len(gal)) - np.repeat(starts, counts)] = gal[sort]
-                trial.layout, trial.num_ids, trial.width = layout.ravel(), len(counts), width
+                _, starts = np.unique(ident[sort], return_index=True)
+                trial.by_identity, trial.identity_starts = gal[sort], starts
             plan.trials.append(trial)
         return plan
 
@@ -535,8 +530,9 @@ class RankingEngine:
 
         def run_chunk(start: int, stop: int, chunk_sims: np.ndarray) -> None:
             if not hasattr(local, "buffers"):
+                flat = np.empty(b * c + 1, dtype=np.uint64)
                 local.buffers = {
-                    "work": np.empty((b, c)), "counts": np.empty((b, c), dtype=np.uint64),
+                    "work": np.empty((b, c)), "flat": flat, "counts": flat[: b * c].reshape(b, c),
                     "flags": np.empty((b, c), dtype=bool), "posrank": np.empty((b, c + 1), dtype=self.index_dtype),
                 }
             order, posrank = self._rank_chunk(chunk_sims, local.buffers)
@@ -547,7 +543,7 @@ class RankingEngine:
             positions = np.take_along_axis(positions, sort, axis=1)  # their positions (C: absent)
             for plan, outs in zip(plans, outcomes):
                 self._score_chunk(plan, outs, slice(start, stop), order, posrank, cands, positions,
-                                  local.buffers["counts"])
+                                  local.buffers["flat"])
 
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for block_start in range(0, q, block):
@@ -602,18 +598,28 @@ class RankingEngine:
                           axis=1)
         return order, posrank
 
+    @staticmethod
+    def _members_up_to(table: np.ndarray, order: np.ndarray, positions: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """Members ranked at or above each of a row's (ascending) ``positions``, all trials at once: each
+        trial owns a bit field of a uint64 word per candidate (1 = member), summed along the query's order.
+
+        One segment sum per position (``np.add.reduceat``) instead of a running sum over every rank.
+        ``flat`` holds the B x C gathered rows plus one zero, so the last row's last segment stays in bounds.
+        """
+        b, c = order.shape
+        np.take(table, order, out=flat[: b * c].reshape(b, c), mode="clip")  # "raise" would buffer the output
+        flat[b * c] = 0
+        bounds = np.zeros((b, positions.shape[1] + 1), dtype=np.intp)
+        bounds[:, 1:] = np.minimum(positions, c - 1) + 1
+        sums = np.add.reduceat(flat[: b * c + 1], (bounds + (np.arange(b) * c)[:, None]).ravel())
+        sums = sums.reshape(b, -1)[:, :-1]  # the last segment of a row runs into the next row
+        sums[bounds[:, 1:] == bounds[:, :-1]] = 0  # reduceat gives one element for an empty segment
+        return np.cumsum(sums, axis=1)
+
     def _score_chunk(self, plan: _SettingPlan, outs: list[_TrialOutcome], rows: slice, order: np.ndarray,
-                     posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, counts_buffer: np.ndarray) -> None:
-        b, c = rows.stop - rows.start, self.num_candidates
-        clipped = np.minimum(positions, c - 1)
-        # Members ranked at or above each position, all trials at once: each trial owns a bit field of
-        # a uint64 word per candidate (1 = member), summed along the query's order.
-        packed = []
-        for table in plan.tables:
-            counts = counts_buffer[:b]
-            np.take(table, order, out=counts, mode="clip")  # "raise" would buffer the output
-            np.cumsum(counts, axis=1, out=counts)
-            packed.append(np.take_along_axis(counts, clipped, axis=1))
+                     posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, flat: np.ndarray) -> None:
+        b = rows.stop - rows.start
+        packed = [self._members_up_to(table, order, positions, flat) for table in plan.tables]
         big = np.iinfo(np.int64).max
         for trial, out in zip(plan.trials, outs):
             ranks = ((packed[trial.word] >> trial.shift) & plan.mask).astype(np.int64)
@@ -626,10 +632,11 @@ class RankingEngine:
             if plan.dedup:
                 # one plus the identities whose best member precedes the first positive
                 first = np.where(positive, positions, big).min(axis=1)
-                if trial.layout is None:
+                if trial.by_identity is None:
                     before = np.zeros(b, dtype=np.int64)
                 else:
-                    best = np.take(posrank, trial.layout, axis=1).reshape(b, trial.num_ids, trial.width).min(axis=2)
+                    best = np.minimum.reduceat(np.take(posrank, trial.by_identity, axis=1), trial.identity_starts,
+                                               axis=1)
                     before = (best < first[:, None]).sum(axis=1)
                 cmc_rank = 1 + before
             else:
@@ -715,16 +722,18 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
         plans.append((mode, shot, used, galleries))
     candidates = np.unique(np.concatenate([g for *_, gals in plans for g in gals]))
     parts: list[list[list[_TrialOutcome]]] = [[[] for _ in gals] for *_, gals in plans]
+    unit_queries, unit_candidates = cosine_normalise(feats[queries]), cosine_normalise(feats[candidates])
     # One engine per query camera group: a cam3 query never sees cam2 (same room), so its candidates
     # are the others; removing them before ranking is the same as filtering each ranked list.
     for hidden, rows in _junk_groups(camids, queries):
-        visible = candidates if hidden is None else candidates[camids[candidates] != hidden]
+        shown = slice(None) if hidden is None else camids[candidates] != hidden
+        visible = candidates[shown]
         if visible.size == 0:
             for setting in parts:
                 for trial in setting:
                     trial.append(_TrialOutcome.empty(len(rows)))
             continue
-        engine = RankingEngine(cosine_normalise(feats[rows]), pids[rows], cosine_normalise(feats[visible]),
+        engine = RankingEngine(unit_queries[np.searchsorted(queries, rows)], pids[rows], unit_candidates[shown],
                                pids[visible], memory_budget=memory_budget)
         jobs = [([np.searchsorted(visible, g if hidden is None else g[camids[g] != hidden]) for g in gals], True)
                 for *_, gals in plans]
