@@ -457,6 +457,8 @@ class RankingEngine:
     (numpy releases the GIL) and write disjoint rows, so results do not depend on the threads.
     """
 
+    TOP_RANKS = 256  # ranks searched directly for the identities before a query's first positive
+
     def __init__(self, queries: np.ndarray, query_pids: np.ndarray, candidates: np.ndarray,
                  candidate_pids: np.ndarray, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  chunk_rows: int | None = None, threads: int | None = None) -> None:
@@ -488,6 +490,7 @@ class RankingEngine:
         present = ids[where] == self.qpids
         self.query_blocks = blocks[np.where(present, where, len(ids))]  # (Q, width)
         self.candidate_ids = inverse                                    # identity index per candidate
+        self.num_identities = len(ids)
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -616,9 +619,31 @@ class RankingEngine:
         sums[bounds[:, 1:] == bounds[:, :-1]] = 0  # reduceat gives one element for an empty segment
         return np.cumsum(sums, axis=1)
 
+    def _identities_before(self, trial: _TrialPlan, order: np.ndarray, posrank: np.ndarray,
+                           first: np.ndarray) -> np.ndarray:
+        """Per query, how many of the trial's identities have a member ranked before position ``first``.
+
+        Read off the top ``TOP_RANKS`` of each ranking, where the first positive nearly always is; the
+        rows whose first positive lies deeper take each identity's best member over the whole gallery.
+        """
+        before = np.zeros(len(first), dtype=np.int64)
+        if trial.by_identity is None:
+            return before
+        k = min(self.TOP_RANKS, self.num_candidates)
+        top = order[:, :k]
+        counted = trial.is_member[top] & (np.arange(k) < first[:, None])
+        seen = np.zeros((len(first), self.num_identities + 1), dtype=bool)  # last column: not counted
+        seen[np.arange(len(first))[:, None], np.where(counted, self.candidate_ids[top], self.num_identities)] = True
+        before[:] = seen[:, :-1].sum(axis=1)
+        deep = np.flatnonzero((first > k) & (first < np.iinfo(np.int64).max))
+        if deep.size:
+            best = np.minimum.reduceat(np.take(posrank[deep], trial.by_identity, axis=1), trial.identity_starts,
+                                       axis=1)
+            before[deep] = (best < first[deep, None]).sum(axis=1)
+        return before
+
     def _score_chunk(self, plan: _SettingPlan, outs: list[_TrialOutcome], rows: slice, order: np.ndarray,
                      posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, flat: np.ndarray) -> None:
-        b = rows.stop - rows.start
         packed = [self._members_up_to(table, order, positions, flat) for table in plan.tables]
         big = np.iinfo(np.int64).max
         for trial, out in zip(plan.trials, outs):
@@ -632,13 +657,7 @@ class RankingEngine:
             if plan.dedup:
                 # one plus the identities whose best member precedes the first positive
                 first = np.where(positive, positions, big).min(axis=1)
-                if trial.by_identity is None:
-                    before = np.zeros(b, dtype=np.int64)
-                else:
-                    best = np.minimum.reduceat(np.take(posrank, trial.by_identity, axis=1), trial.identity_starts,
-                                               axis=1)
-                    before = (best < first[:, None]).sum(axis=1)
-                cmc_rank = 1 + before
+                cmc_rank = 1 + self._identities_before(trial, order, posrank, first)
             else:
                 cmc_rank = np.where(positive, ranks, big).min(axis=1)
             out.valid[rows] = valid

@@ -21,6 +21,7 @@ from pfanet_cli.errors import DataError, UsageError  # noqa: E402
 from pfanet_cli.protocols import (  # noqa: E402
     ALL_SYSU_SETTINGS,
     METRIC_KEYS,
+    RankingEngine,
     evaluate_regdb,
     evaluate_sysu,
     evaluate_sysu_settings,
@@ -122,6 +123,22 @@ def test_every_sysu_setting_equals_the_loop_oracle(sampler, exact_ties):
     # the corner cases are really there: some queries have no positive, indoor fewer still
     assert results[0].num_valid_query < results[0].num_query
     assert results[2].num_valid_query < results[0].num_valid_query
+
+
+@pytest.mark.parametrize("top_ranks", [1, 5])
+def test_deduplication_beyond_the_searched_top_ranks_equals_the_oracle(monkeypatch, top_ranks):
+    """Queries whose first positive lies below the top ranks take the whole-gallery path."""
+    monkeypatch.setattr(RankingEngine, "TOP_RANKS", top_ranks)
+    feats, pids, camids, paths = sysu_like(seed=4)
+    perm = perm_for(pids, camids, seed=5)
+    results = evaluate_sysu_settings(feats, pids, camids, paths, ALL_SYSU_SETTINGS, trials=5, sampler="official",
+                                     perm=perm)
+    for (mode, shot), result in zip(ALL_SYSU_SETTINGS, results):
+        oracle = reference_sysu(feats, pids, camids, paths, mode=mode, shot=shot, trials=5, sampler="official",
+                                perm=perm)
+        assert_matches_oracle(result, oracle)
+    # some queries see 10 or more identities before their first positive: deeper than the top ranks
+    assert results[0].metrics["r10"] < 100.0
 
 
 def test_one_setting_alone_chunked_and_threaded_gives_the_same_numbers(monkeypatch):
