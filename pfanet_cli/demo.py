@@ -27,12 +27,19 @@ from pfanet_cli.errors import Interrupted
 from pfanet_cli.extract import compute_features, extract_split
 from pfanet_cli.features import save_feature_set
 from pfanet_cli.networks import build_networks
-from pfanet_cli.plots import prepared_image_loader, save_cmc_plot, save_image_grid, save_ranked_lists
-from pfanet_cli.prepare import prepare_sysu
+from pfanet_cli.plots import (
+    prepared_image_loader,
+    ranked_list_rows,
+    save_cmc_plot,
+    save_image_grid,
+    save_loss_curves,
+    save_ranked_lists,
+)
+from pfanet_cli.prepare import load_rgb, prepare_sysu
 from pfanet_cli.prepared import PreparedSplit, open_prepared
-from pfanet_cli.protocols import ALL_SYSU_SETTINGS, EvalResult, evaluate_sysu_settings, sysu_ranked_examples
+from pfanet_cli.protocols import ALL_SYSU_SETTINGS, EvalResult, evaluate_sysu_settings, ranked_examples
 from pfanet_cli.recipes import Recipe, load_recipe
-from pfanet_cli.report import Figure, ReportContent, save_loss_curves, setting_name, write_report
+from pfanet_cli.report import Figure, ReportContent, setting_name, write_report
 from pfanet_cli.synthetic import render_synthetic_sysu
 from pfanet_cli.sysu_layout import RandPerm, load_rand_perm_cam
 from pfanet_cli.train_gan import GanTrainer
@@ -158,9 +165,7 @@ def _translate_sample(out: Path, test: PreparedSplit, checkpoint: Path, device: 
         shutil.copyfile(out / "raw" / test.paths[row], target)
     translated = out / "translate" / "fake_ir"
     translate_folder(source, translated, checkpoint, keep_size=False, device=device, overwrite=True)
-    from PIL import Image
-
-    fakes = np.stack([np.asarray(Image.open(translated / test.paths[row]).convert("RGB")) for row in rgb_rows])
+    fakes = np.stack([load_rgb(translated / test.paths[row]) for row in rgb_rows])
     return save_image_grid(figures / "translation.png", [test.images[rgb_rows], fakes, test.images[ir_rows]],
                            titles=("RGB", "fake IR", "real IR"), scale=FIGURE_SCALE)
 
@@ -180,12 +185,11 @@ def _evaluation_figures(folder: Path, results: list[EvalResult], baselines: dict
     first = results[0]
     curves = {"PFANet": first.cmc, **{name: runs[0].cmc for name, runs in baselines.items()}}
     cmc = save_cmc_plot(folder / "cmc.png", curves, title=f"CMC, {setting_name(first)}")
-    examples = sysu_ranked_examples(features, test.pids, test.camids, test.paths, mode=first.mode, shot=first.shot,
-                                    sampler=first.sampler, perm=perm, num_queries=RANKED_QUERIES)
-    rows = [(test.paths[q], int(test.pids[q]), [(test.paths[g], int(test.pids[g])) for g in gallery])
-            for q, gallery in examples]
+    examples = ranked_examples(features, test.pids, test.camids, test.paths, first, perm=perm,
+                               num_queries=RANKED_QUERIES)
     ranks = folder / "ranked_lists.png"
-    save_ranked_lists(ranks, rows, prepared_image_loader(out / "prepared", "test"),
+    save_ranked_lists(ranks, ranked_list_rows(examples, test.paths, test.pids),
+                      prepared_image_loader(out / "prepared", "test"),
                       cell_size=(test.image_size[0] * FIGURE_SCALE, test.image_size[1] * FIGURE_SCALE),
                       title=f"top-10, {setting_name(first)}, trial 1")
     return [Figure(cmc, f"CMC curves, {setting_name(first)}"),

@@ -1,4 +1,4 @@
-"""Pictures of an evaluation: the CMC curve and the ranked lists of a few queries.
+"""Pictures: CMC curves, training-loss curves, image grids and the ranked lists of a few queries.
 
 Images of the ranked-list picture come through a loader callable (relative path -> H x W x 3 uint8
 array, or None when it cannot be found), so the caller decides whether they are read from the
@@ -8,7 +8,7 @@ prepared arrays (:func:`prepared_image_loader`) or from the raw dataset (:func:`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,10 +55,37 @@ def save_cmc_plot(path: str | Path, curves: Mapping[str, np.ndarray], *, title: 
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure to PNG, laid out tightly and written atomically."""
     fig.tight_layout()
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png")
     return path
+
+
+def save_loss_curves(path: str | Path, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
+    """One panel per stage (``metrics.jsonl`` rows), one line per logged loss, against the global iteration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pfanet_cli.rundir import loss_values
+
+    fig = Figure(figsize=(6.0 * len(runs), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    for index, (stage, rows) in enumerate(runs.items(), start=1):
+        ax = fig.add_subplot(1, len(runs), index)
+        for key in sorted({k for row in rows for k in loss_values(row)}):
+            points = [(row["global_iteration"], row[key]) for row in rows if key in row]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.4)
+        ax.set_title(stage)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return _save_figure(fig, Path(path))
 
 
 def _cell(image: np.ndarray | None, size: tuple[int, int], border: int, colour: tuple[int, int, int]) -> np.ndarray:
@@ -189,18 +216,23 @@ def prepared_image_loader(data_dir: str | Path, split: str = "test") -> ImageLoa
 
 def raw_image_loader(root: str | Path) -> ImageLoader:
     """Images read from the raw dataset tree (``root / path``), converted to RGB."""
+    from pfanet_cli.prepare import BadImage, load_rgb
+
     root = Path(root)
 
     def load(path: str) -> np.ndarray | None:
-        from PIL import Image
-
         file = root / path
         if not file.is_file():
             return None
         try:
-            with Image.open(file) as image:
-                return np.asarray(image.convert("RGB"))
-        except OSError:
+            return load_rgb(file)
+        except BadImage:
             return None
 
     return load
+
+
+def ranked_list_rows(examples: Sequence[tuple[int, Sequence[int]]], paths: Sequence[str],
+                     pids: np.ndarray) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """(query row, gallery rows) examples as the (path, pid) rows :func:`save_ranked_lists` draws."""
+    return [(paths[q], int(pids[q]), [(paths[g], int(pids[g])) for g in gallery]) for q, gallery in examples]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from pfanet_cli.atomic import write_text
 from pfanet_cli.protocols import EvalResult
@@ -49,7 +49,7 @@ def results_rows(results: Sequence[EvalResult]) -> list[list[str]]:
 
 
 def comparison_rows(results: Sequence[EvalResult], baselines: dict[str, list[EvalResult]]) -> list[list[str]]:
-    """R1 and mAP of PFANet against each baseline, per setting, with the ratio."""
+    """R1 and mAP of PFANet, then of each baseline, per setting."""
     rows = []
     for index, result in enumerate(results):
         row = [setting_name(result), f"{result.metrics['r1']:.2f}", f"{result.metrics['mAP']:.2f}"]
@@ -129,28 +129,3 @@ def write_report(folder: Path, content: ReportContent) -> tuple[Path, Path]:
     write_text(markdown, render_markdown(content, folder))
     write_text(page, render_html(content, folder))
     return markdown, page
-
-
-def save_loss_curves(path: Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
-    """One panel per stage, one line per logged loss, against the stage's global iteration."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    skip = {"stage", "phase", "phase_order", "iteration", "global_iteration", "lr", "iterations_per_s", "images_per_s"}
-    fig = MplFigure(figsize=(6.0 * len(runs), 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    for index, (stage, rows) in enumerate(runs.items(), start=1):
-        ax = fig.add_subplot(1, len(runs), index)
-        keys = sorted({k for row in rows for k in row if k not in skip})
-        for key in keys:
-            points = [(row["global_iteration"], row[key]) for row in rows if key in row]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.4)
-        ax.set_title(stage)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path

@@ -20,6 +20,16 @@ from pfanet_cli.errors import CheckpointError, UsageError
 from pfanet_cli.recipes import Recipe, dump_recipe
 
 
+NON_LOSS_KEYS = frozenset({"stage", "phase", "phase_order", "iteration", "global_iteration", "lr",
+                           "iterations_per_s", "images_per_s"})
+"""Keys of a ``metrics.jsonl`` row that are bookkeeping, not losses."""
+
+
+def loss_values(row: dict[str, Any]) -> dict[str, float]:
+    """The losses of one ``metrics.jsonl`` row."""
+    return {key: value for key, value in row.items() if key not in NON_LOSS_KEYS}
+
+
 @dataclass
 class RunDir:
     path: Path

@@ -39,7 +39,7 @@ from pfanet_cli.console import console, progress_bar
 from pfanet_cli.errors import TrainingDiverged, UsageError
 from pfanet_cli.prepared import PreparedData, PreparedSplit
 from pfanet_cli.recipes import Recipe, recipe_to_dict
-from pfanet_cli.rundir import RunDir
+from pfanet_cli.rundir import RunDir, loss_values
 from pfanet_cli.sampler import IdentityAlignedSampler
 
 
@@ -449,8 +449,7 @@ class _LossWindow:
 
 
 def _log_line(row: dict[str, Any], phase_iterations: int) -> str:
-    skip = {"stage", "phase", "phase_order", "iteration", "global_iteration", "lr", "iterations_per_s", "images_per_s"}
-    losses = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in skip)
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in loss_values(row).items())
     return (f"{row['stage']} {row['phase']} {row['iteration']}/{phase_iterations}  {losses}  "
             f"{row['images_per_s']:.0f} img/s")
 

@@ -14,7 +14,13 @@ from pfanet_cli.cli import common
 from pfanet_cli.console import console
 from pfanet_cli.errors import CheckpointError
 from pfanet_cli.features import FeatureSet, load_features
-from pfanet_cli.plots import prepared_image_loader, raw_image_loader, save_cmc_plot, save_ranked_lists
+from pfanet_cli.plots import (
+    prepared_image_loader,
+    ranked_list_rows,
+    raw_image_loader,
+    save_cmc_plot,
+    save_ranked_lists,
+)
 
 DEFAULT_DATA = Path("data/prepared")
 
@@ -145,9 +151,7 @@ def evaluate_command(
                           f"test_images.npy; {data_dir} has none)")
             return
         examples = protocols.ranked_examples(fs.features, fs.pids, fs.camids, fs.paths, first, perm=perm)
-        rows = [(fs.paths[q], int(fs.pids[q]), [(fs.paths[g], int(fs.pids[g])) for g in top])
-                for q, top in examples]
-        drawn = save_ranked_lists(ranks_image, rows, loader, title=f"{first.setting}, trial 0")
+        drawn = save_ranked_lists(ranks_image, ranked_list_rows(examples, fs.paths, fs.pids), loader, title=f"{first.setting}, trial 0")
         if drawn:
             console.print(f"ranked lists of {drawn} queries written to {ranks_image}")
         else:
