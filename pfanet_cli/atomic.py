@@ -54,3 +54,13 @@ def _fsync_dir(folder: Path) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, binary=False) as handle:
         handle.write(text)
+
+
+def save_image(image, path: str | Path) -> Path:
+    """A PIL image written atomically, in the format its file name says (PNG when it says none PIL knows)."""
+    from PIL import Image
+
+    path = Path(path)
+    with atomic_write(path) as handle:
+        image.save(handle, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    return path

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pfanet_cli.atomic import atomic_write
+from pfanet_cli.atomic import atomic_write, save_image
 
 ImageLoader = Callable[[str], "np.ndarray | None"]
 
@@ -20,13 +20,6 @@ GREEN = (40, 170, 60)
 RED = (210, 40, 40)
 QUERY = (60, 90, 200)
 BACKGROUND = (255, 255, 255)
-
-
-def _save_picture(picture, path: Path) -> Path:
-    """A PIL image to PNG (or JPEG for .jpg names), written atomically."""
-    with atomic_write(path) as handle:
-        picture.save(handle, format="JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
-    return path
 
 
 def save_cmc_plot(path: str | Path, curves: Mapping[str, np.ndarray], *, title: str = "CMC") -> Path:
@@ -154,7 +147,7 @@ def save_ranked_lists(path: str | Path, rows: Sequence[tuple[str, int, Sequence[
     for line, (query_pid, _) in enumerate(drawn):
         y = top + line * (ch + label_h + 4)
         draw.text((2, y + 1), f"id {query_pid}", fill=(0, 0, 0))
-    _save_picture(picture, path)
+    save_image(picture, path)
     return len(drawn)
 
 
@@ -185,7 +178,7 @@ def save_image_grid(path: str | Path, columns: Sequence[Sequence[np.ndarray]], *
         draw = ImageDraw.Draw(picture)
         for j, title in enumerate(titles):
             draw.text((j * (w + gap) + 2, 1), str(title), fill=(0, 0, 0))
-    return _save_picture(picture, path)
+    return save_image(picture, path)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

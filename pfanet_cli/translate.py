@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pfanet_cli.atomic import atomic_write
+from pfanet_cli.atomic import save_image
 from pfanet_cli.augment import to_uint8, to_unit_range
 from pfanet_cli.checkpoint import STAGES, newest_checkpoint, restore_networks
 from pfanet_cli.errors import DataError, UsageError
@@ -79,8 +79,7 @@ def _write_image(pixels: np.ndarray, target: Path, size: tuple[int, int] | None)
     image = Image.fromarray(pixels)
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    with atomic_write(target) as handle:
-        image.save(handle, format=Image.registered_extensions()[target.suffix.lower()])
+    save_image(image, target)
 
 
 def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = None, runs_root: Path = Path("runs"),
