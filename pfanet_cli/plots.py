@@ -132,18 +132,19 @@ def save_ranked_lists(path: str | Path, rows: Sequence[tuple[str, int, Sequence[
     height = top + len(drawn) * (ch + label_h + 4)
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[...] = BACKGROUND
+    def column_x(col: int) -> int:
+        return 0 if col == 0 else cw + gap + (col - 1) * (cw + 2)
+
     for line, (query_pid, cells) in enumerate(drawn):
         y = top + line * (ch + label_h + 4) + label_h
         for col, cell in enumerate(cells):
-            x = 0 if col == 0 else cw + gap + (col - 1) * (cw + 2)
-            canvas[y:y + ch, x:x + cw] = cell
+            canvas[y:y + ch, column_x(col):column_x(col) + cw] = cell
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     if title:
         draw.text((2, 1), title, fill=(0, 0, 0))
     for col in range(columns):
-        x = 0 if col == 0 else cw + gap + (col - 1) * (cw + 2)
-        draw.text((x + 2, top - label_h + 1), "query" if col == 0 else str(col), fill=(0, 0, 0))
+        draw.text((column_x(col) + 2, top - label_h + 1), "query" if col == 0 else str(col), fill=(0, 0, 0))
     for line, (query_pid, _) in enumerate(drawn):
         y = top + line * (ch + label_h + 4)
         draw.text((2, y + 1), f"id {query_pid}", fill=(0, 0, 0))
