@@ -623,18 +623,22 @@ class RankingEngine:
                            first: np.ndarray) -> np.ndarray:
         """Per query, how many of the trial's identities have a member ranked before position ``first``.
 
-        Read off the top ``TOP_RANKS`` of each ranking, where the first positive nearly always is; the
-        rows whose first positive lies deeper take each identity's best member over the whole gallery.
+        Rows whose first positive lies within the top ``TOP_RANKS`` read exactly their ranks before it
+        (flattened into one ragged list, so the work follows the first positives, not a fixed depth);
+        deeper rows take each identity's best member over the whole gallery.
         """
-        before = np.zeros(len(first), dtype=np.int64)
+        b = len(first)
+        before = np.zeros(b, dtype=np.int64)
         if trial.by_identity is None:
             return before
         k = min(self.TOP_RANKS, self.num_candidates)
-        top = order[:, :k]
-        counted = trial.is_member[top] & (np.arange(k) < first[:, None])
-        seen = np.zeros((len(first), self.num_identities + 1), dtype=bool)  # last column: not counted
-        seen[np.arange(len(first))[:, None], np.where(counted, self.candidate_ids[top], self.num_identities)] = True
-        before[:] = seen[:, :-1].sum(axis=1)
+        lengths = np.where(first <= k, first, 0)
+        rows = np.repeat(np.arange(b), lengths)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ranked = order[rows, cols]
+        members = trial.is_member[ranked]
+        pairs = np.unique(rows[members] * self.num_identities + self.candidate_ids[ranked[members]])
+        before[:] = np.bincount(pairs // self.num_identities, minlength=b)
         deep = np.flatnonzero((first > k) & (first < np.iinfo(np.int64).max))
         if deep.size:
             best = np.minimum.reduceat(np.take(posrank[deep], trial.by_identity, axis=1), trial.identity_starts,
