@@ -412,7 +412,7 @@ def sample_sysu_galleries(pids, camids, paths, *, mode: str = "all", shot: str =
 
 @dataclass
 class _TrialOutcome:
-    """Per-query results of one trial."""
+    """Per-query results of one trial (or of a setting's trials, with a leading trial axis)."""
 
     valid: np.ndarray       # bool: the query has a positive in the gallery
     cmc_rank: np.ndarray    # int64: rank of the first match in the (de-duplicated) list
@@ -420,8 +420,12 @@ class _TrialOutcome:
     inp: np.ndarray         # float64
 
     @classmethod
-    def empty(cls, n: int) -> "_TrialOutcome":
-        return cls(np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n))
+    def empty(cls, *shape: int) -> "_TrialOutcome":
+        return cls(np.zeros(shape, bool), np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape))
+
+    def trials(self) -> list["_TrialOutcome"]:
+        """One outcome per trial (views) of a setting's outcome."""
+        return [type(self)(self.valid[t], self.cmc_rank[t], self.ap[t], self.inp[t]) for t in range(len(self.valid))]
 
     @classmethod
     def concat(cls, parts: Sequence["_TrialOutcome"]) -> "_TrialOutcome":
@@ -430,9 +434,6 @@ class _TrialOutcome:
 
 @dataclass
 class _TrialPlan:
-    is_member: np.ndarray              # bool (C + 1,), the last entry (sentinel) False
-    word: int                          # packed counter word holding this trial
-    shift: np.uint64                   # bit offset of the trial's field in that word
     by_identity: np.ndarray | None = None  # intp: the members grouped by identity
     identity_starts: np.ndarray | None = None  # intp: where each identity's group starts
 
@@ -440,8 +441,10 @@ class _TrialPlan:
 @dataclass
 class _SettingPlan:
     dedup: bool
-    tables: list[np.ndarray]           # uint64 (C,) per word: membership bits of the word's trials
+    is_member: np.ndarray              # bool (T, C + 1): trial membership, the last column (sentinel) False
     mask: np.uint64
+    tables: list[np.ndarray] = field(default_factory=list)  # uint64 (C,) per word: membership bits of its trials
+    shifts: list[np.ndarray] = field(default_factory=list)  # uint64: bit offsets of each word's trials, in order
     trials: list[_TrialPlan] = field(default_factory=list)
 
 
@@ -499,16 +502,18 @@ class RankingEngine:
         members = [np.unique(np.asarray(gal, dtype=np.int64)) for gal in galleries]
         bits = max(1, int(max(len(m) for m in members)).bit_length())
         per_word = max(1, 64 // bits)
-        plan = _SettingPlan(dedup=dedup, tables=[], mask=np.uint64((1 << bits) - 1))
+        plan = _SettingPlan(dedup=dedup, is_member=np.zeros((len(members), c + 1), dtype=bool),
+                            mask=np.uint64((1 << bits) - 1))
         for t, gal in enumerate(members):
             word, slot = divmod(t, per_word)
             if slot == 0:
                 plan.tables.append(np.zeros(c, dtype=np.uint64))
+                plan.shifts.append(np.zeros(0, dtype=np.uint64))
             shift = np.uint64(bits * slot)
             plan.tables[word][gal] |= np.uint64(1) << shift
-            is_member = np.zeros(c + 1, dtype=bool)
-            is_member[gal] = True
-            trial = _TrialPlan(is_member=is_member, word=word, shift=shift)
+            plan.shifts[word] = np.append(plan.shifts[word], shift)
+            plan.is_member[t, gal] = True
+            trial = _TrialPlan()
             if dedup and gal.size:
                 ident = self.candidate_ids[gal]
                 sort = np.argsort(ident, kind="stable")
@@ -522,9 +527,9 @@ class RankingEngine:
     def evaluate(self, settings: Sequence[tuple[Sequence[np.ndarray], bool]]) -> list[list[_TrialOutcome]]:
         """Outcomes of each setting's trials; a setting is (galleries as candidate indices, dedup)."""
         q, c = len(self.queries), self.num_candidates
-        outcomes = [[_TrialOutcome.empty(q) for _ in gals] for gals, _ in settings]
+        outcomes = [_TrialOutcome.empty(len(gals), q) for gals, _ in settings]
         if q == 0:
-            return outcomes
+            return [setting.trials() for setting in outcomes]
         plans = [self._plan(gals, dedup) for gals, dedup in settings]
         b = self.chunk_rows
         block = min(self.block_rows, q)
@@ -544,8 +549,8 @@ class RankingEngine:
             sort = np.argsort(positions, axis=1, kind="stable")
             cands = np.take_along_axis(cands, sort, axis=1)          # possible positives, in rank order
             positions = np.take_along_axis(positions, sort, axis=1)  # their positions (C: absent)
-            for plan, outs in zip(plans, outcomes):
-                self._score_chunk(plan, outs, slice(start, stop), order, posrank, cands, positions,
+            for plan, out in zip(plans, outcomes):
+                self._score_chunk(plan, out, slice(start, stop), order, posrank, cands, positions,
                                   local.buffers["flat"])
 
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
@@ -560,7 +565,7 @@ class RankingEngine:
                 ]
                 for job in jobs:
                     job.result()
-        return outcomes
+        return [setting.trials() for setting in outcomes]
 
     def _rank_chunk(self, sims: np.ndarray, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
         """Order of the candidates for a chunk of queries (decreasing similarity, ties by index) and
@@ -619,55 +624,55 @@ class RankingEngine:
         sums[bounds[:, 1:] == bounds[:, :-1]] = 0  # reduceat gives one element for an empty segment
         return np.cumsum(sums, axis=1)
 
-    def _identities_before(self, trial: _TrialPlan, order: np.ndarray, posrank: np.ndarray,
+    def _identities_before(self, plan: _SettingPlan, order: np.ndarray, posrank: np.ndarray,
                            first: np.ndarray) -> np.ndarray:
-        """Per query, how many of the trial's identities have a member ranked before position ``first``.
+        """Per trial and query, how many of the trial's identities have a member ranked before ``first``.
 
-        Rows whose first positive lies within the top ``TOP_RANKS`` read exactly their ranks before it
-        (flattened into one ragged list, so the work follows the first positives, not a fixed depth);
-        deeper rows take each identity's best member over the whole gallery.
+        Queries whose first positive lies within the top ``TOP_RANKS`` read exactly their ranks before
+        it (all trials flattened into one ragged list, so the work follows the first positives, not a
+        fixed depth); deeper ones take each identity's best member over the whole trial gallery.
         """
-        b = len(first)
-        before = np.zeros(b, dtype=np.int64)
-        if trial.by_identity is None:
-            return before
+        trials, b = first.shape
         k = min(self.TOP_RANKS, self.num_candidates)
-        lengths = np.where(first <= k, first, 0)
-        rows = np.repeat(np.arange(b), lengths)
+        lengths = np.where(first <= k, first, 0).ravel()
+        rows = np.repeat(np.arange(trials * b), lengths)                    # trial * b + query
         cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        ranked = order[rows, cols]
-        members = trial.is_member[ranked]
+        ranked = order[rows % b, cols]
+        members = plan.is_member[rows // b, ranked]
         pairs = np.unique(rows[members] * self.num_identities + self.candidate_ids[ranked[members]])
-        before[:] = np.bincount(pairs // self.num_identities, minlength=b)
-        deep = np.flatnonzero((first > k) & (first < np.iinfo(np.int64).max))
-        if deep.size:
-            best = np.minimum.reduceat(np.take(posrank[deep], trial.by_identity, axis=1), trial.identity_starts,
-                                       axis=1)
-            before[deep] = (best < first[deep, None]).sum(axis=1)
+        before = np.bincount(pairs // self.num_identities, minlength=trials * b).reshape(trials, b)
+        for t, trial in enumerate(plan.trials):
+            deep = np.flatnonzero((first[t] > k) & (first[t] < np.iinfo(np.int64).max))
+            if deep.size and trial.by_identity is not None:
+                best = np.minimum.reduceat(np.take(posrank[deep], trial.by_identity, axis=1),
+                                           trial.identity_starts, axis=1)
+                before[t, deep] = (best < first[t, deep, None]).sum(axis=1)
         return before
 
-    def _score_chunk(self, plan: _SettingPlan, outs: list[_TrialOutcome], rows: slice, order: np.ndarray,
+    def _score_chunk(self, plan: _SettingPlan, out: _TrialOutcome, rows: slice, order: np.ndarray,
                      posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, flat: np.ndarray) -> None:
-        packed = [self._members_up_to(table, order, positions, flat) for table in plan.tables]
+        """Scores every trial of a setting at once: arrays are (trials, queries, possible positives)."""
+        ranks = np.concatenate([
+            (self._members_up_to(table, order, positions, flat)[None] >> shifts[:, None, None]) & plan.mask
+            for table, shifts in zip(plan.tables, plan.shifts)
+        ]).astype(np.int64)
+        positive = plan.is_member[:, cands]                           # in rank order
+        npos = positive.sum(axis=2)
+        valid = npos > 0
+        ordinal = np.cumsum(positive, axis=2)
+        ap = np.where(positive, ordinal / np.maximum(ranks, 1), 0.0).sum(axis=2) / np.maximum(npos, 1)
+        inp = npos / np.maximum(np.where(positive, ranks, 0).max(axis=2), 1)
         big = np.iinfo(np.int64).max
-        for trial, out in zip(plan.trials, outs):
-            ranks = ((packed[trial.word] >> trial.shift) & plan.mask).astype(np.int64)
-            positive = trial.is_member[cands]                        # (b, width), in rank order
-            npos = positive.sum(axis=1)
-            valid = npos > 0
-            ordinal = np.cumsum(positive, axis=1)
-            ap = np.where(positive, ordinal / np.maximum(ranks, 1), 0.0).sum(axis=1) / np.maximum(npos, 1)
-            inp = npos / np.maximum(np.where(positive, ranks, 0).max(axis=1), 1)
-            if plan.dedup:
-                # one plus the identities whose best member precedes the first positive
-                first = np.where(positive, positions, big).min(axis=1)
-                cmc_rank = 1 + self._identities_before(trial, order, posrank, first)
-            else:
-                cmc_rank = np.where(positive, ranks, big).min(axis=1)
-            out.valid[rows] = valid
-            out.cmc_rank[rows] = np.where(valid, cmc_rank, 0)
-            out.ap[rows] = np.where(valid, ap, 0.0)
-            out.inp[rows] = np.where(valid, inp, 0.0)
+        if plan.dedup:
+            # one plus the identities whose best member precedes the first positive
+            first = np.where(positive, positions, big).min(axis=2)
+            cmc_rank = 1 + self._identities_before(plan, order, posrank, first)
+        else:
+            cmc_rank = np.where(positive, ranks, big).min(axis=2)
+        out.valid[:, rows] = valid
+        out.cmc_rank[:, rows] = np.where(valid, cmc_rank, 0)
+        out.ap[:, rows] = np.where(valid, ap, 0.0)
+        out.inp[:, rows] = np.where(valid, inp, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
