@@ -750,7 +750,7 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
         plans.append((mode, shot, used, galleries))
     candidates = np.unique(np.concatenate([g for *_, gals in plans for g in gals]))
     parts: list[list[list[_TrialOutcome]]] = [[[] for _ in gals] for *_, gals in plans]
-    unit_queries, unit_candidates = cosine_normalise(feats[queries]), cosine_normalise(feats[candidates])
+    unit_candidates = cosine_normalise(feats[candidates])
     # One engine per query camera group: a cam3 query never sees cam2 (same room), so its candidates
     # are the others; removing them before ranking is the same as filtering each ranked list.
     for hidden, rows in _junk_groups(camids, queries):
@@ -761,7 +761,7 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
                 for trial in setting:
                     trial.append(_TrialOutcome.empty(len(rows)))
             continue
-        engine = RankingEngine(unit_queries[np.searchsorted(queries, rows)], pids[rows], unit_candidates[shown],
+        engine = RankingEngine(cosine_normalise(feats[rows]), pids[rows], unit_candidates[shown],
                                pids[visible], memory_budget=memory_budget)
         jobs = [([np.searchsorted(visible, g if hidden is None else g[camids[g] != hidden]) for g in gals], True)
                 for *_, gals in plans]
