@@ -62,9 +62,11 @@ def _where(source: str | Path | None) -> str:
 
 
 def validate_arrays(features, pids, camids, paths, *, dataset: str | None = None,
-                    source: str | Path | None = None) -> FeatureSet:
+                    source: str | Path | None = None, keep_float_dtype: bool = False) -> FeatureSet:
     """Check shapes, dtypes and values; returns a :class:`FeatureSet` with the contract's dtypes.
 
+    ``paths=None`` skips the paths (protocols that need none); ``keep_float_dtype`` keeps float64
+    features as they are (the evaluation API) instead of the file contract's float32.
     Raises :class:`DataError` naming the problem (and the file when ``source`` is given)."""
     at = _where(source)
     feats = np.asarray(features)
@@ -83,33 +85,40 @@ def validate_arrays(features, pids, camids, paths, *, dataset: str | None = None
         if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
             raise DataError(f"{at}'{name}' must be integers (int64), got {arr.dtype}")
         checked[name] = arr.astype(np.int64)
-    path_arr = np.asarray(paths)
-    if path_arr.ndim != 1:
-        raise DataError(f"{at}'paths' must be a 1-D vector of strings, got shape {path_arr.shape}")
-    if path_arr.dtype.kind not in "US" and not (path_arr.size == 0 and path_arr.dtype.kind == "f"):
-        raise DataError(f"{at}'paths' must be strings, got {path_arr.dtype}")
-    path_list = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in path_arr.tolist()]
-    lengths = {"features": n, "pids": len(checked["pids"]), "camids": len(checked["camids"]), "paths": len(path_list)}
+    lengths = {"features": n, "pids": len(checked["pids"]), "camids": len(checked["camids"])}
+    path_list = [] if paths is None else _path_list(paths, at)
+    if paths is not None:
+        lengths["paths"] = len(path_list)
     if len(set(lengths.values())) != 1:
         shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
         raise DataError(f"{at}mismatched lengths ({shown}); every array needs one entry per image")
     finite = np.isfinite(feats)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
+        named = f", {path_list[int(bad_rows[0])]}" if path_list else ""
         raise DataError(
-            f"{at}'features' holds NaN or inf values in {len(bad_rows)} rows (first: row {int(bad_rows[0])}, "
-            f"{path_list[int(bad_rows[0])]}); re-extract the features"
+            f"{at}'features' holds NaN or inf values in {len(bad_rows)} rows (first: row {int(bad_rows[0])}"
+            f"{named}); re-extract the features"
         )
     if dataset is not None and dataset not in DATASETS:
         raise DataError(f"{at}'dataset' is {dataset!r}, expected one of {', '.join(DATASETS)}")
     return FeatureSet(
-        features=np.ascontiguousarray(feats, dtype=np.float32),
+        features=feats if keep_float_dtype else np.ascontiguousarray(feats, dtype=np.float32),
         pids=checked["pids"],
         camids=checked["camids"],
         paths=path_list,
         dataset=dataset,
         source=Path(source) if source is not None else None,
     )
+
+
+def _path_list(paths, at: str) -> list[str]:
+    path_arr = np.asarray(paths)
+    if path_arr.ndim != 1:
+        raise DataError(f"{at}'paths' must be a 1-D vector of strings, got shape {path_arr.shape}")
+    if path_arr.dtype.kind not in "US" and not (path_arr.size == 0 and path_arr.dtype.kind == "f"):
+        raise DataError(f"{at}'paths' must be strings, got {path_arr.dtype}")
+    return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in path_arr.tolist()]
 
 
 def save_features(path: str | Path, features, pids, camids, paths, *, dataset: str | None = None,

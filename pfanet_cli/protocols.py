@@ -47,6 +47,7 @@ import numpy as np
 
 from pfanet_cli.atomic import write_text
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.features import validate_arrays
 from pfanet_cli.sysu_layout import (
     ALL_CAMERAS,
     INDOOR_RGB_CAMERAS,
@@ -163,27 +164,9 @@ def cosine_normalise(features: np.ndarray) -> np.ndarray:
 
 
 def _check_arrays(features, pids, camids, paths=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
-    feats = np.asarray(features)
-    if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
-        raise DataError(f"features must be a non-empty N x D matrix, got shape {feats.shape}")
-    if not np.issubdtype(feats.dtype, np.floating):
-        raise DataError(f"features must be floating point, got {feats.dtype}")
-    n = feats.shape[0]
-    pids = np.asarray(pids)
-    camids = np.asarray(camids)
-    for name, arr in (("pids", pids), ("camids", camids)):
-        if arr.ndim != 1 or len(arr) != n:
-            raise DataError(f"{name} must hold one entry per feature row: {arr.shape} for {n} rows")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"{name} must be integers, got {arr.dtype}")
-    if paths is not None:
-        paths = [str(p) for p in paths]
-        if len(paths) != n:
-            raise DataError(f"paths must hold one entry per feature row: {len(paths)} for {n} rows")
-    if not np.isfinite(feats).all():
-        bad = int(np.flatnonzero(~np.isfinite(feats).all(axis=1))[0])
-        raise DataError(f"features hold NaN or inf values (first at row {bad})")
-    return feats, pids.astype(np.int64), camids.astype(np.int64), paths
+    """The features-file checks (:func:`validate_arrays`), keeping the caller's float precision."""
+    checked = validate_arrays(features, pids, camids, paths, keep_float_dtype=True)
+    return checked.features, checked.pids, checked.camids, None if paths is None else checked.paths
 
 
 def _check_cameras(camids: np.ndarray, allowed: Iterable[int], dataset: str) -> None:
