@@ -9,6 +9,7 @@ sampler position, image pools). Writes are atomic: temporary file, fsync, rename
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
@@ -166,6 +167,12 @@ def model_config_from_checkpoint(payload: dict[str, Any], path: Path):
         return build_recipe({"model": dict(payload["architecture"])}, str(path)).model
     except (UsageError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: stored architecture is not understood by pfanet {__version__} ({exc})") from exc
+
+
+def stored_architecture(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The checkpoint's architecture arguments with the defaults of keys added since it was written, so a
+    checkpoint from an earlier pfanet compares equal to a recipe that leaves the new keys alone."""
+    return dataclasses.asdict(model_config_from_checkpoint(payload, path))
 
 
 def restore_networks(path: Path, keys: Iterable[str], purpose: str) -> tuple[dict[str, torch.nn.Module], dict]:

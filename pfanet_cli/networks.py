@@ -96,9 +96,13 @@ class _GeneratorResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """G_I (RGB→IR) or G_R (IR→RGB): conv7x7 (C) → two stride-2 4x4 convs (2C, 4C) → residual blocks at 4C →
     two stride-2 4x4 transposed convs (2C, C) → conv7x7 → 3, tanh. Images in [-1, 1]; the output has exactly the
-    input's H×W whenever H and W are multiples of 4 (the toolkit uses multiples of 16)."""
+    input's H×W whenever H and W are multiples of 4 (the toolkit uses multiples of 16).
 
-    def __init__(self, base_channels: int = 64, n_res_blocks: int = 4) -> None:
+    ``input_skip`` (``model.generator_skip``, not in AlignGAN) adds a 1x1 convolution of the input to the output
+    convolution before the tanh: a full-resolution path, so a small generator trained for a few hundred
+    iterations keeps the person's edges and patterns instead of a blurred silhouette."""
+
+    def __init__(self, base_channels: int = 64, n_res_blocks: int = 4, input_skip: bool = False) -> None:
         super().__init__()
         c = base_channels
         layers: list[nn.Module] = [
@@ -119,13 +123,17 @@ class ResnetGenerator(nn.Module):
                 _instance_norm(c * mult // 2),
                 nn.ReLU(inplace=True),
             ]
-        layers += [nn.Conv2d(c, 3, 7, 1, 3, bias=False), nn.Tanh()]
+        layers.append(nn.Conv2d(c, 3, 7, 1, 3, bias=False))
         self.model = nn.Sequential(*layers)
+        self.input_skip = nn.Conv2d(3, 3, 1) if input_skip else None
         self.base_channels = base_channels
         self.n_res_blocks = n_res_blocks
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        out = self.model(x)
+        if self.input_skip is not None:
+            out = out + self.input_skip(x)
+        return torch.tanh(out)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -622,8 +630,10 @@ def build_networks(
         return PatchDiscriminator(config.disc_channels)
 
     builders = {
-        "generator_rgb2ir": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks),
-        "generator_ir2rgb": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks),
+        "generator_rgb2ir": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks,
+                                                    config.generator_skip),
+        "generator_ir2rgb": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks,
+                                                    config.generator_skip),
         "disc_rgb": lambda: PatchDiscriminator(config.disc_channels),
         "disc_ir": disc_ir,
         "extractor": lambda: FeatureExtractor(num_classes, config),

@@ -74,6 +74,8 @@ class ModelConfig:
     dropout: float = _key(0.5, _unit_interval, "classifier dropout")
     generator_channels: int = _key(64, _at_least(1), "G's first conv width (AlignGAN: 64)")
     generator_res_blocks: int = _key(4, _at_least(0), "G's residual blocks (AlignGAN: 4)")
+    generator_skip: bool = _key(False, help="G adds a 1x1 conv of its input before the tanh: a full-resolution "
+                                            "path (not in AlignGAN; for small, short GAN runs)")
     disc_channels: int = _key(64, _at_least(1), "D's first conv width (64)")
     joint_feature_channels: int = _key(64, _at_least(1), "joint D: width of the projected feature map")
 
@@ -119,6 +121,8 @@ class JointConfig:
     weight_decay: float = _key(5e-4, _non_negative, "SGD weight decay")
     triplet_distance: Literal["cosine", "euclidean"] = _key("cosine", help="triplet distance")
     triplet_margin: float | None = _key(None, help="triplet margin (default 1.0 cosine, 0.3 euclidean)")
+    triplet_feature: Literal["embedding", "pooled"] = _key(
+        "embedding", help="what the triplet sees: the embedder output, or v (GAP, the test feature)")
     mismatch_pair: bool = _key(False, help="AlignGAN's mismatched-identity pair as an extra fake for D_I")
     loss: LossWeights = field(default_factory=LossWeights)
 

@@ -26,6 +26,7 @@ from pfanet_cli.checkpoint import (
     load_checkpoint,
     load_network_state,
     require_networks,
+    stored_architecture,
 )
 from pfanet_cli.errors import CheckpointError
 from pfanet_cli.losses import cross_modality_triplet, cycle_loss, identity_cross_entropy, lsgan_loss
@@ -44,14 +45,15 @@ from pfanet_cli.training import (
 )
 
 GENERATOR_KEYS = ("generator_rgb2ir", "generator_ir2rgb")
-GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks")
+GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks", "generator_skip")
 
 
 def load_generators(path: Path, networks: dict[str, nn.Module], architecture: dict[str, Any]) -> None:
     """Start G_I and G_R from a train-gan (or train-joint) checkpoint."""
     payload = load_checkpoint(path)
     require_networks(payload, path, GENERATOR_KEYS, "train-joint --init-gan")
-    saved = {k: payload["architecture"].get(k) for k in GENERATOR_ARCHITECTURE}
+    stored = stored_architecture(payload, path)
+    saved = {k: stored[k] for k in GENERATOR_ARCHITECTURE}
     wanted = {k: architecture[k] for k in GENERATOR_ARCHITECTURE}
     differences = architecture_differences(saved, wanted)
     if differences:
@@ -72,6 +74,8 @@ class JointTrainer(StageTrainer):
                               load_pretrained=fresh)
         if init_gan is not None and fresh:
             load_generators(Path(init_gan), nets, recipe_to_dict(recipe)["model"])
+        if joint.triplet_feature == "pooled":
+            nets["extractor"].embedder.requires_grad_(False)  # no loss uses it, and DDP must not wait for it
         self.nets = {key: prepare_module(net, device, recipe, distributed, sync_bn=key == "extractor")
                      for key, net in nets.items()}
         groups = nets["extractor"].parameter_groups()
@@ -110,6 +114,10 @@ class JointTrainer(StageTrainer):
     def _triplet(self, anchors, others, labels) -> torch.Tensor:
         return cross_modality_triplet(anchors, labels, others, labels, self.margin, self.recipe.joint.triplet_distance)
 
+    def _triplet_vectors(self, out) -> torch.Tensor:
+        """The vectors the triplet compares (``joint.triplet_feature``): the embedding or v itself."""
+        return out.pooled if self.recipe.joint.triplet_feature == "pooled" else out.embedding
+
     def step(self, phase: str, iteration: int) -> dict[str, torch.Tensor]:
         batch = self.batches.next()
         if phase == "warmup":
@@ -131,7 +139,7 @@ class JointTrainer(StageTrainer):
         with no_sync(d_ir):
             with self.autocast():
                 out = extractor(torch.cat([fake_ir, batch.ir]))
-                fake_emb, real_emb = out.embedding.chunk(2)
+                fake_emb, real_emb = self._triplet_vectors(out).chunk(2)
                 labels = batch.labels
                 ce = identity_cross_entropy(out.logits, torch.cat([labels, labels]))
                 triplet = self._triplet(real_emb, fake_emb, labels) + self._triplet(fake_emb, real_emb, labels)
@@ -160,8 +168,9 @@ class JointTrainer(StageTrainer):
                 adv = lsgan_loss(d_ir(fake_ir, fake_out.feature_map), True) + lsgan_loss(d_rgb(fake_rgb), True)
                 cycle = cycle_loss(g_rgb(fake_ir), batch.rgb) + cycle_loss(g_ir(fake_rgb), batch.ir)
                 ce = identity_cross_entropy(fake_out.logits, labels)
-                triplet = 0.5 * (self._triplet(fake_out.embedding, real_out.embedding, labels)
-                                 + self._triplet(real_out.embedding, fake_out.embedding, labels))
+                fake_vectors, real_vectors = self._triplet_vectors(fake_out), self._triplet_vectors(real_out)
+                triplet = 0.5 * (self._triplet(fake_vectors, real_vectors, labels)
+                                 + self._triplet(real_vectors, fake_vectors, labels))
                 loss = (weights.gen_adv * adv + weights.cycle * cycle + weights.cls_gan * ce
                         + weights.tri_gan * triplet)
                 if gan.identity_weight > 0:

@@ -301,11 +301,16 @@ class StageTrainer:
 
     def restore(self, path: Path) -> None:
         """Continue from ``path``: weights, optimizers, schedulers, RNG, sampler, phase, iteration."""
-        from pfanet_cli.checkpoint import architecture_differences, load_network_state, require_stage
+        from pfanet_cli.checkpoint import (
+            architecture_differences,
+            load_network_state,
+            require_stage,
+            stored_architecture,
+        )
 
         payload = load_checkpoint(path)
         require_stage(payload, path, (self.stage,), f"resuming {self.stage}")
-        differences = architecture_differences(payload["architecture"], self.architecture())
+        differences = architecture_differences(stored_architecture(payload, path), self.architecture())
         if differences:
             raise_incompatible(path, differences)
         for key, net in self.networks().items():

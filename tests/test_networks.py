@@ -85,6 +85,28 @@ def test_generator_structure_and_running_stats():
         assert torch.allclose(g(x)[:1], g(x[:1]), atol=1e-6)
 
 
+def test_generator_input_skip_adds_a_1x1_path_before_the_tanh():
+    torch.manual_seed(0)
+    plain, skip = ResnetGenerator(8, 2), ResnetGenerator(8, 2, input_skip=True)
+    assert count_parameters(skip) - count_parameters(plain) == 3 * 3 + 3
+    # the plain generator's state dict is the skip one's without the 1x1 conv: older checkpoints still load
+    assert set(skip.state_dict()) - set(plain.state_dict()) == {"input_skip.weight", "input_skip.bias"}
+    plain.load_state_dict({k: v for k, v in skip.state_dict().items() if not k.startswith("input_skip")})
+    x = torch.rand(2, 3, *SMALL) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(skip(x), torch.tanh(plain.model(x) + skip.input_skip(x)), atol=1e-6)
+        assert torch.allclose(plain(x), torch.tanh(plain.model(x)), atol=1e-6)
+    skip(x).sum().backward()
+    assert skip.input_skip.weight.grad.abs().sum() > 0 and skip.model[0].weight.grad.abs().sum() > 0
+
+
+def test_build_networks_passes_generator_skip():
+    nets = build_networks(small_config(generator_channels=8, generator_res_blocks=1, generator_skip=True), 5,
+                          joint_discriminator=False, keys=("generator_rgb2ir", "generator_ir2rgb"))
+    assert all(isinstance(g.input_skip, nn.Conv2d) for g in nets.values())
+    assert build_networks(small_config(), 5, False, keys=("generator_rgb2ir",))["generator_rgb2ir"].input_skip is None
+
+
 @pytest.mark.parametrize("size,grid", [(FULL, (9, 4)), (SMALL, (2, 1)), ((32, 64), (1, 2))])
 def test_patch_discriminator_shapes(size, grid):
     d = PatchDiscriminator(16)

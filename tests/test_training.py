@@ -128,6 +128,42 @@ def test_f_step_leaves_g_alone_and_g_step_gets_reid_gradients(prepared, tmp_path
     assert any(not torch.equal(b, p) for b, p in zip(before, generator.parameters()))
 
 
+def test_pooled_triplet_trains_without_the_embedder(prepared, tmp_path):
+    """``joint.triplet_feature=pooled``: the triplet compares v, so no loss reaches the embedder; it is frozen
+    (DDP would otherwise wait for its gradients) and leaves the run unchanged."""
+    gan = run_stage(GanTrainer, tiny(prepared, "model.generator_skip=true"), [], tmp_path / "gan", None,
+                    show_progress=False)
+    recipe = tiny(prepared, "model.generator_skip=true", "joint.triplet_feature=pooled")
+    joint = run_stage(JointTrainer, recipe, [], tmp_path / "joint", None, show_progress=False,
+                      init_gan=gan.checkpoint)
+    trained, initial = weights(joint.checkpoint), weights(joint.run.checkpoints / "iter-000002.pt")
+    assert torch.equal(trained["extractor.embedder.weight"], initial["extractor.embedder.weight"])
+    assert not torch.equal(trained["extractor.classifier.0.weight"], initial["extractor.classifier.0.weight"])
+    assert not torch.equal(trained["generator_rgb2ir.input_skip.weight"],
+                           weights(gan.checkpoint)["generator_rgb2ir.input_skip.weight"])
+    assert all(np.isfinite(r["f_tri"]) for r in joint.run.read_metrics())
+
+
+def test_init_gan_needs_the_same_generator_architecture(prepared, tmp_path, capsys):
+    gan = run_stage(GanTrainer, tiny(prepared, "model.generator_skip=true"), [], tmp_path / "gan", None,
+                    show_progress=False)
+    code = main(["train-joint", str(TINY), f"data.root={prepared}", "--init-gan", str(gan.checkpoint),
+                 "--out", str(tmp_path / "joint")])
+    assert code == 4
+    assert "model.generator_skip: True in the checkpoint, False requested" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_a_new_model_key_still_resume(prepared, tmp_path):
+    """A key added to ``model`` later (here generator_skip) takes its default when the checkpoint lacks it."""
+    recipe = tiny(prepared)
+    run_stage(GanTrainer, recipe, [], tmp_path / "run", None, show_progress=False)
+    payload = torch.load(tmp_path / "run/checkpoints/iter-000002.pt", weights_only=True)
+    del payload["architecture"]["generator_skip"]
+    torch.save(payload, tmp_path / "run/checkpoints/last.pt")
+    resumed = run_stage(GanTrainer, recipe, [], tmp_path / "run", "auto", show_progress=False)
+    assert load_checkpoint(resumed.checkpoint)["iteration"] == recipe.gan.iterations == 4
+
+
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
     import pfanet_cli.train_joint as module
 
