@@ -52,7 +52,7 @@ class GanTrainer(StageTrainer):
                                          distributed.world_size, key="gan")
         self.batches = BatchSource(self.split, sampler, device, recipe.data.flip, pad=0,
                                    seed=recipe.train.seed + distributed.rank,
-                                   channels_last=recipe.train.channels_last and device.type == "cuda")
+                                   channels_last=recipe.train.channels_last)
         self.pools = {"ir": ImagePool(gan.pool_size), "rgb": ImagePool(gan.pool_size)}
 
     def phases(self) -> list[Phase]:

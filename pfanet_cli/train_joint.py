@@ -99,7 +99,7 @@ class JointTrainer(StageTrainer):
                                          distributed.world_size, key="joint")
         self.batches = BatchSource(self.split, sampler, device, recipe.data.flip, recipe.data.pad,
                                    seed=recipe.train.seed + distributed.rank,
-                                   channels_last=recipe.train.channels_last and device.type == "cuda")
+                                   channels_last=recipe.train.channels_last)
         self.pool_rgb = ImagePool(recipe.gan.pool_size)
         self.margin = joint.resolved_margin()
 

@@ -494,11 +494,11 @@ def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch
 
 def prepare_module(module: nn.Module, device: torch.device, recipe: Recipe, distributed: Distributed,
                    sync_bn: bool = False) -> nn.Module:
-    """Move to ``device`` (channels-last on CUDA when asked) and wrap in DDP under torchrun."""
+    """Move to ``device`` (channels-last when asked) and wrap in DDP under torchrun."""
     if sync_bn and distributed.enabled and recipe.train.sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     module = module.to(device)
-    if recipe.train.channels_last and device.type == "cuda":
+    if recipe.train.channels_last:
         module = module.to(memory_format=torch.channels_last)
     if distributed.enabled:
         ids = [device.index] if device.type == "cuda" else None
