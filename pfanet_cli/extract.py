@@ -58,7 +58,7 @@ def compute_features(extractor: nn.Module, generator: nn.Module | None, images: 
         rgb = torch.from_numpy(np.asarray(is_rgb[rows], dtype=bool)).to(device)
         if generator is not None and bool(rgb.any()):
             batch[rgb] = generator(batch[rgb])
-        batch = batch.contiguous(memory_format=torch.channels_last)  # F's convolutions run ~2x faster on CPU
+        batch = batch.contiguous(memory_format=torch.channels_last)  # oneDNN: F runs ~1.5x faster on CPU
         chunks.append(extract_test_features(extractor, batch).cpu().numpy().astype(np.float32))
         if on_progress:
             on_progress(min(batch_size, len(images) - start), len(images))

@@ -30,7 +30,7 @@ from pfanet_cli.checkpoint import (
 )
 from pfanet_cli.errors import CheckpointError
 from pfanet_cli.losses import cross_modality_triplet, cycle_loss, identity_cross_entropy, lsgan_loss
-from pfanet_cli.networks import build_networks
+from pfanet_cli.networks import ExtractorOutput, build_networks
 from pfanet_cli.recipes import recipe_to_dict
 from pfanet_cli.sampler import IdentityAlignedSampler
 from pfanet_cli.training import (
@@ -114,7 +114,7 @@ class JointTrainer(StageTrainer):
     def _triplet(self, anchors, others, labels) -> torch.Tensor:
         return cross_modality_triplet(anchors, labels, others, labels, self.margin, self.recipe.joint.triplet_distance)
 
-    def _triplet_vectors(self, out) -> torch.Tensor:
+    def _triplet_vectors(self, out: ExtractorOutput) -> torch.Tensor:
         """The vectors the triplet compares (``joint.triplet_feature``): the embedding or v itself."""
         return out.pooled if self.recipe.joint.triplet_feature == "pooled" else out.embedding
 
