@@ -629,11 +629,12 @@ def build_networks(
             return JointDiscriminator(feature_channels, config.disc_channels, config.joint_feature_channels)
         return PatchDiscriminator(config.disc_channels)
 
+    def generator() -> nn.Module:
+        return ResnetGenerator(config.generator_channels, config.generator_res_blocks, config.generator_skip)
+
     builders = {
-        "generator_rgb2ir": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks,
-                                                    config.generator_skip),
-        "generator_ir2rgb": lambda: ResnetGenerator(config.generator_channels, config.generator_res_blocks,
-                                                    config.generator_skip),
+        "generator_rgb2ir": generator,
+        "generator_ir2rgb": generator,
         "disc_rgb": lambda: PatchDiscriminator(config.disc_channels),
         "disc_ir": disc_ir,
         "extractor": lambda: FeatureExtractor(num_classes, config),

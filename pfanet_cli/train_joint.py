@@ -139,10 +139,11 @@ class JointTrainer(StageTrainer):
         with no_sync(d_ir):
             with self.autocast():
                 out = extractor(torch.cat([fake_ir, batch.ir]))
-                fake_emb, real_emb = self._triplet_vectors(out).chunk(2)
+                fake_vectors, real_vectors = self._triplet_vectors(out).chunk(2)
                 labels = batch.labels
                 ce = identity_cross_entropy(out.logits, torch.cat([labels, labels]))
-                triplet = self._triplet(real_emb, fake_emb, labels) + self._triplet(fake_emb, real_emb, labels)
+                triplet = (self._triplet(real_vectors, fake_vectors, labels)
+                           + self._triplet(fake_vectors, real_vectors, labels))
                 loss = weights.cls_feat * ce + weights.tri_feat * triplet
                 losses = {"f_ce": ce.detach(), "f_tri": triplet.detach()}
                 if adversarial:

@@ -130,7 +130,7 @@ def test_f_step_leaves_g_alone_and_g_step_gets_reid_gradients(prepared, tmp_path
 
 def test_pooled_triplet_trains_without_the_embedder(prepared, tmp_path):
     """``joint.triplet_feature=pooled``: the triplet compares v, so no loss reaches the embedder; it is frozen
-    (DDP would otherwise wait for its gradients) and leaves the run unchanged."""
+    (DDP would otherwise wait for its gradients) and keeps its initial weights while the rest trains."""
     gan = run_stage(GanTrainer, tiny(prepared, "model.generator_skip=true"), [], tmp_path / "gan", None,
                     show_progress=False)
     recipe = tiny(prepared, "model.generator_skip=true", "joint.triplet_feature=pooled")
