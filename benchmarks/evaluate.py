@@ -9,7 +9,7 @@ Gallery sampler: the official permutation file when ``/work/shared/sysu-mm01/ran
 Runs the four settings (all/indoor x single/multi) x 10 trials with
 * the toolkit: ``evaluate_sysu_settings`` (what ``pfanet evaluate --all-settings`` runs: one matrix
   product and one sort shared by the four settings), and four separate ``evaluate_sysu`` calls;
-* the loop oracle of ``benchmarks/reference_eval.py`` (one query at a time: cosine similarities to
+* the loop oracle of ``pfanet_cli/evaluation/reference.py`` (one query at a time: cosine similarities to
   the trial gallery, stable argsort, junk filter, de-duplication, AP, INP);
 and prints one JSON line: times (the evaluator's median of ``--repeats`` runs, and its first run, which
 also pays for fresh memory), speed-ups and the largest difference of any metric of any trial.
@@ -23,19 +23,15 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reference_eval import reference_sysu  # noqa: E402
-
-from pfanet_cli.protocols import ALL_SYSU_SETTINGS, evaluate_sysu, evaluate_sysu_settings  # noqa: E402
-from pfanet_cli.sysu_layout import ALL_CAMERAS, load_rand_perm_cam  # noqa: E402
+from pfanet_cli.data.sysu import ALL_CAMERAS, load_rand_perm_cam
+from pfanet_cli.evaluation.protocols import ALL_SYSU_SETTINGS, evaluate_sysu, evaluate_sysu_settings
+from pfanet_cli.evaluation.reference import reference_sysu
 
 SHARED_PERM = Path(__file__).resolve().parents[2] / "shared" / "sysu-mm01" / "rand_perm_cam.mat"
 

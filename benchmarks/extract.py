@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from pfanet_cli.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
-from pfanet_cli.extract import extract_split
-from pfanet_cli.networks import build_networks
-from pfanet_cli.prepare import prepare_sysu
-from pfanet_cli.prepared import open_prepared
-from pfanet_cli.recipes import load_recipe, recipe_to_dict
-from pfanet_cli.synthetic import render_synthetic_sysu
-from pfanet_cli.training import resolve_device
+from pfanet_cli.config import load_recipe, recipe_to_dict
+from pfanet_cli.data.prepare import prepare_sysu
+from pfanet_cli.data.prepared import open_prepared
+from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+from pfanet_cli.engine.runtime import resolve_device
+from pfanet_cli.evaluation.extract import extract_split
+from pfanet_cli.modeling.build import build_networks
 
 
 def untrained_checkpoint(path: Path, recipe, num_classes: int) -> Path:

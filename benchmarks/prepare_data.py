@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pfanet_cli.prepare import prepare_sysu, scan_sysu
-from pfanet_cli.synthetic import render_synthetic_sysu
+from pfanet_cli.data.prepare import prepare_sysu
+from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.data.sysu import scan_sysu
 
 REAL = {"train_rgb": 22258, "train_ir": 11909, "test_ir": 3803}
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pfanet_cli.prepare import prepare_sysu
-from pfanet_cli.prepared import open_prepared
-from pfanet_cli.recipes import load_recipe
-from pfanet_cli.rundir import RunDir
-from pfanet_cli.synthetic import render_synthetic_sysu
-from pfanet_cli.train_gan import GanTrainer
-from pfanet_cli.train_joint import JointTrainer
-from pfanet_cli.training import Distributed, resolve_device
+from pfanet_cli.config import load_recipe
+from pfanet_cli.data.prepare import prepare_sysu
+from pfanet_cli.data.prepared import open_prepared
+from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.engine.rundir import RunDir
+from pfanet_cli.engine.runtime import Distributed, resolve_device
+from pfanet_cli.engine.train_gan import GanTrainer
+from pfanet_cli.engine.train_joint import JointTrainer
 
 
 def synchronise(device: torch.device) -> None:

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pfanet_cli.atomic import save_image
-from pfanet_cli.augment import to_uint8, to_unit_range
-from pfanet_cli.checkpoint import STAGES, newest_checkpoint, restore_networks
+from pfanet_cli.data.augment import to_uint8, to_unit_range
+from pfanet_cli.engine.checkpoint import STAGES, restore_networks
+from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, UsageError
-from pfanet_cli.prepare import BadImage, load_rgb_and_size
-from pfanet_cli.sysu_layout import IMAGE_SUFFIXES
+from pfanet_cli.modeling.build import GENERATOR_RGB2IR
+from pfanet_cli.utils.atomic import save_image
+from pfanet_cli.utils.images import IMAGE_SUFFIXES, BadImage, list_images, load_rgb_and_size
 
 MANIFEST_NAME = "translate_manifest.json"
 
@@ -34,15 +35,6 @@ class TranslateSummary:
     written: int
     skipped: list[str]
     manifest: Path
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden files ignored), sorted by relative path."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 def _check_folders(rgb_dir: Path, out_dir: Path) -> list[Path]:
@@ -90,8 +82,8 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
     images = _check_folders(rgb_dir, out_dir)
     targets = _targets(images, rgb_dir, out_dir, overwrite)
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, STAGES, "translate")
-    networks, payload = restore_networks(checkpoint, ["generator_rgb2ir"], "translate")
-    generator = networks["generator_rgb2ir"].to(device)
+    networks, payload = restore_networks(checkpoint, [GENERATOR_RGB2IR], "translate")
+    generator = networks[GENERATOR_RGB2IR].to(device)
     height, width = (int(v) for v in payload["image_size"])
     records, skipped = [], []
     for start in range(0, len(images), batch_size):

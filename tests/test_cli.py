@@ -54,12 +54,12 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_line_with_exit_1(monkeypatch, capsys, tmp_path):
-    import pfanet_cli.prepare
+    import pfanet_cli.data.prepare  # the module whose function is patched
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(pfanet_cli.prepare, "prepare_sysu", broken)
+    monkeypatch.setattr(pfanet_cli.data.prepare, "prepare_sysu", broken)
     assert main(["prepare-data", "sysu", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: RuntimeError: disk on fire (run with --debug for the traceback)"

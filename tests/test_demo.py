@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pfanet_cli.demo.pipeline import run_demo
 from pfanet_cli.errors import Interrupted
+
+pytestmark = pytest.mark.slow  # the whole pipeline, minutes on 2 cores with the browser check
 
 TINY = ["gan.iterations=3", "joint.warmup_iterations=2", "joint.iterations=2"]
 CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std",
@@ -21,8 +24,6 @@ CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_ga
 
 
 def run_tiny_demo(out: Path):
-    from pfanet_cli.demo import run_demo
-
     return run_demo(out, device="cpu", ids=12, recipe="tiny_cpu.yaml", overrides=TINY)
 
 
@@ -87,7 +88,7 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
 
 
 def test_interrupted_demo_leaves_no_report_and_resumes(tmp_path, monkeypatch):
-    import pfanet_cli.demo as demo_module
+    import pfanet_cli.demo.pipeline as demo_module
 
     out = tmp_path / "run"
 

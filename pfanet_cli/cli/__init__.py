@@ -14,8 +14,8 @@ import typer
 
 from pfanet_cli import __version__
 from pfanet_cli.cli import common, data, demo, evaluate, inference, train
-from pfanet_cli.console import error_console
 from pfanet_cli.errors import EXIT_OTHER, PfanetError
+from pfanet_cli.utils.console import error_console
 
 app = typer.Typer(
     name="pfanet",

@@ -8,7 +8,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from pfanet_cli.cli.common import guard_interrupt
-from pfanet_cli.console import console, progress_bar
+from pfanet_cli.utils.console import console, progress_bar
 
 app = typer.Typer(
     help="Index and resize a dataset into the prepared format, or render the synthetic dataset.",
@@ -62,7 +62,7 @@ def sysu_command(
     fast: FastOption = False,
 ) -> None:
     """Index and resize SYSU-MM01 (or a synthetic tree in its layout)."""
-    from pfanet_cli.prepare import prepare_sysu
+    from pfanet_cli.data.prepare import prepare_sysu  # heavy: numpy and scipy, not needed for --help
 
     _run_with_progress(prepare_sysu, raw=raw, out=out, height=height, width=width, train_split=train_split,
                        workers=workers, skip_bad=skip_bad, fast=fast)
@@ -83,7 +83,7 @@ def regdb_command(
     fast: FastOption = False,
 ) -> None:
     """Index and resize one RegDB trial (visible camid 1, thermal camid 2)."""
-    from pfanet_cli.prepare import prepare_regdb
+    from pfanet_cli.data.prepare import prepare_regdb  # heavy: numpy and scipy, not needed for --help
 
     out = out or Path(f"data/prepared/regdb/trial{trial}")
     _run_with_progress(prepare_regdb, raw=raw, out=out, trial=trial, height=height, width=width,
@@ -102,7 +102,7 @@ def synthetic_command(
     workers: WorkersOption = None,
 ) -> None:
     """Render synthetic RGB/IR pedestrians in the exact SYSU-MM01 raw layout."""
-    from pfanet_cli.synthetic import render_synthetic_sysu
+    from pfanet_cli.data.synthetic import render_synthetic_sysu  # heavy: numpy and scipy, not needed for --help
 
     summary = render_synthetic_sysu(out, preset=preset, ids=ids, seed=seed, height=height, width=width,
                                     workers=workers, show_progress=True)

@@ -20,6 +20,6 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline on built-in synthetic data (render, prepare, train-gan, train-joint,
     translate, extract, evaluate) and write report.html, report.md and results.json."""
-    from pfanet_cli.demo import run_demo
+    from pfanet_cli.demo.pipeline import run_demo  # heavy: torch, not needed for --help
 
     run_demo(out, device or "auto", ids, recipe, overrides or [], seed)

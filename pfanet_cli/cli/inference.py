@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pfanet_cli.cli.common import DeviceOption
-from pfanet_cli.console import console, progress_bar
+from pfanet_cli.utils.console import console, progress_bar
 
 CheckpointOption = Annotated[
     Optional[Path], typer.Option("--checkpoint", help="checkpoint file [default: the newest one under runs/]")
@@ -18,7 +18,7 @@ RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="where to look
 
 
 def _device(device: str | None) -> str:
-    from pfanet_cli.training import resolve_device
+    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, not needed for --help
 
     return str(resolve_device(device or "auto"))
 
@@ -49,7 +49,7 @@ def translate_command(
     runs_root: RunsRootOption = Path("runs"),
 ) -> None:
     """Translate RGB images to fake IR images with G_I (train-gan or train-joint checkpoint)."""
-    from pfanet_cli.translate import translate_folder
+    from pfanet_cli.translate import translate_folder  # heavy: torch, not needed for --help
 
     with progress_bar() as progress:
         summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
@@ -78,8 +78,8 @@ def extract_command(
     runs_root: RunsRootOption = Path("runs"),
 ) -> None:
     """Extract test features (flip-summed, L2-normalised GAP vectors) into a features .npz file."""
-    from pfanet_cli.extract import extract_folder, extract_split
-    from pfanet_cli.features import save_feature_set
+    from pfanet_cli.evaluation.extract import extract_folder, extract_split  # heavy: torch, not needed for --help
+    from pfanet_cli.evaluation.features import save_feature_set  # heavy: numpy, not needed for --help
 
     with progress_bar() as progress:
         advance = _progress_callback(progress, "extract")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.table import Table
 
 from pfanet_cli.cli.common import DeviceOption, OutOption, OverridesArgument, ResumeOption, SeedOption
-from pfanet_cli.console import console
-
-if TYPE_CHECKING:
-    from pfanet_cli.recipes import Recipe
+from pfanet_cli.config import Recipe, load_recipe
+from pfanet_cli.utils.console import console
 
 RecipeArgument = Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/sysu_pfanet.yaml")]
 DryRunOption = Annotated[
@@ -23,8 +22,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="with --dry-run: print 
 
 def _load(recipe: Path, overrides: list[str] | None, device: str | None,
           seed: int | None) -> tuple[Recipe, list[str]]:
-    from pfanet_cli.recipes import load_recipe
-
     overrides = list(overrides or [])
     if device is not None:
         overrides.append(f"train.device={device}")
@@ -34,11 +31,9 @@ def _load(recipe: Path, overrides: list[str] | None, device: str | None,
 
 
 def _dry_run(recipe: Recipe, stage: str, as_json: bool) -> None:
-    from rich.table import Table
+    from pfanet_cli.engine.trainer import stage_parameter_counts  # heavy: torch, not needed for --help
 
-    from pfanet_cli.training import network_parameter_counts
-
-    counts = network_parameter_counts(recipe, stage)
+    counts = stage_parameter_counts(recipe, stage)
     if as_json:
         typer.echo(json.dumps({"recipe": recipe.name, "stage": stage, "parameters": counts}))
         return
@@ -53,7 +48,7 @@ def _dry_run(recipe: Recipe, stage: str, as_json: bool) -> None:
 def _train(trainer_class: type, loaded: tuple[Recipe, list[str]], out: Path | None, resume: str | None,
            dry_run: bool, as_json: bool, **stage_options: Any) -> None:
     """Print parameter counts (``--dry-run``) or run the stage of ``trainer_class``."""
-    from pfanet_cli.training import run_stage
+    from pfanet_cli.engine.trainer import run_stage  # heavy: torch, not needed for --help
 
     recipe, overrides = loaded
     if dry_run:
@@ -75,7 +70,7 @@ def train_gan_command(
     as_json: JsonOption = False,
 ) -> None:
     """Pixel-alignment warm-up: G_I and G_R against plain PatchGAN discriminators (CycleGAN part)."""
-    from pfanet_cli.train_gan import GanTrainer
+    from pfanet_cli.engine.train_gan import GanTrainer  # heavy: torch, not needed for --help
 
     _train(GanTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json)
 
@@ -94,6 +89,6 @@ def train_joint_command(
     as_json: JsonOption = False,
 ) -> None:
     """Feature warm-up, then joint PFANet training of F, G_I/G_R and the joint discriminator."""
-    from pfanet_cli.train_joint import JointTrainer
+    from pfanet_cli.engine.train_joint import JointTrainer  # heavy: torch, not needed for --help
 
     _train(JointTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json, init_gan=init_gan)

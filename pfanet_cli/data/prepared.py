@@ -1,0 +1,129 @@
+"""Reading prepared data: the manifest, and per split the memory-mapped image array and its index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pfanet_cli.data import sysu
+from pfanet_cli.data.format import (
+    PREPARED_FORMAT,
+    PREPARED_FORMAT_VERSION,
+    images_file,
+    index_file,
+    is_current_format,
+    read_index,
+    read_manifest,
+)
+from pfanet_cli.errors import DataError
+from pfanet_cli.utils.images import ImageLoader
+
+
+@dataclass
+class PreparedSplit:
+    """One split: ``images`` is a read-only memory map (N×H×W×3 uint8), the rest are per-row arrays."""
+
+    name: str
+    images: np.ndarray
+    paths: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    is_ir: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def image_loader(self) -> ImageLoader:
+        """The split's images looked up by raw-relative path (None for a path it does not hold)."""
+        row_of = {path: row for row, path in enumerate(self.paths)}
+
+        def load(path: str) -> np.ndarray | None:
+            row = row_of.get(str(path).replace("\\", "/"))
+            return None if row is None else np.asarray(self.images[row])
+
+        return load
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    manifest: dict
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        height, width = self.manifest["size"]
+        return int(height), int(width)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def perm_file(self) -> Path | None:
+        """The copy of SYSU-MM01's official permutation file, when the raw tree had one."""
+        return sysu.find_perm_file(self.root)
+
+    def split(self, name: str) -> PreparedSplit:
+        if name not in self.manifest["splits"]:
+            raise DataError(f"prepared data {self.root} has no '{name}' split (it has {', '.join(self.splits)})")
+        return _load_split(self.root, name)
+
+
+def open_prepared(root: str | Path) -> PreparedData:
+    """Open a prepared directory written by ``prepare-data``; errors say how to create one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"prepared data not found at {root} (run 'pfanet prepare-data sysu' or pass --data)")
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(f"{root} has no readable manifest.json; re-run 'pfanet prepare-data'")
+    if not is_current_format(manifest):
+        raise DataError(
+            f"{root}: prepared format {manifest.get('format')} v{manifest.get('format_version')} is not "
+            f"{PREPARED_FORMAT} v{PREPARED_FORMAT_VERSION}; re-run 'pfanet prepare-data'"
+        )
+    return PreparedData(root, manifest)
+
+
+def _load_split(root: Path, name: str) -> PreparedSplit:
+    npy, index = images_file(root, name), index_file(root, name)
+    for path in (npy, index):
+        if not path.is_file():
+            raise DataError(f"prepared data is incomplete: {path} is missing; re-run 'pfanet prepare-data'")
+    try:
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{npy}: unreadable image array ({exc}); re-run 'pfanet prepare-data'") from exc
+    rows = read_index(index)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != len(rows):
+        raise DataError(
+            f"{npy}: shape {images.shape} {images.dtype} does not match {len(rows)} index rows "
+            "(expected N×H×W×3 uint8); re-run 'pfanet prepare-data'"
+        )
+    return PreparedSplit(
+        name=name,
+        images=images,
+        paths=np.array([r[0] for r in rows], dtype=str),
+        pids=np.array([int(r[1]) for r in rows], dtype=np.int64),
+        camids=np.array([int(r[2]) for r in rows], dtype=np.int64),
+        is_ir=np.array([r[3] == "ir" for r in rows], dtype=bool),
+        labels=np.array([int(r[4]) for r in rows], dtype=np.int64),
+    )

@@ -1,0 +1,1 @@
+"""``pfanet demo``: the whole pipeline on synthetic data, and its report."""

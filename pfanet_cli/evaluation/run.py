@@ -1,0 +1,218 @@
+"""Evaluating a feature set end to end, as ``pfanet evaluate`` and the demo do: where the features come
+from (a features file, or extraction with a checkpoint from a prepared folder, opened once), which
+official permutation applies, the protocol settings, the table on screen and the files (JSON, CMC
+curves, ranked lists)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from pfanet_cli.data import regdb
+from pfanet_cli.data.datasets import DATASETS
+from pfanet_cli.data.prepared import PreparedData, open_prepared
+from pfanet_cli.data.sysu import RandPerm, find_perm_file
+from pfanet_cli.errors import CheckpointError, DataError
+from pfanet_cli.evaluation.examples import ranked_examples, ranked_list_rows
+from pfanet_cli.evaluation.features import FeatureSet, load_features
+from pfanet_cli.evaluation.galleries import check_choice, load_perm
+from pfanet_cli.evaluation.protocols import (
+    ALL_SYSU_SETTINGS,
+    METRIC_KEYS,
+    EvalResult,
+    evaluate_regdb,
+    evaluate_sysu_settings,
+    write_results_json,
+)
+from pfanet_cli.utils.console import console
+from pfanet_cli.utils.images import ImageLoader, raw_image_loader
+from pfanet_cli.utils.plots import save_cmc_plot, save_ranked_lists
+
+DEFAULT_DATA_ROOT = Path("data/prepared")
+"""Prepared folders live at ``<root>/<dataset>`` unless ``--data`` says otherwise."""
+
+
+@dataclass
+class EvaluationSource:
+    """The features of one evaluation and the prepared folder that goes with them (opened at most once)."""
+
+    features: FeatureSet
+    dataset: str
+    data_dir: Path
+    trusted_data: bool
+    """The prepared folder was named (``--data``) or the features were extracted from it, so its
+    permutation file belongs to these features."""
+    _prepared: PreparedData | None = field(default=None, repr=False)
+    _opened: bool = field(default=False, repr=False)
+
+    def prepared(self) -> PreparedData | None:
+        """The prepared folder, or None when there is none at ``data_dir``."""
+        if not self._opened:
+            self._opened = True
+            try:
+                self._prepared = open_prepared(self.data_dir)
+            except DataError:
+                self._prepared = None
+        return self._prepared
+
+
+def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_dir: Path | None,
+                    dataset: str | None, device: str | None, runs_root: Path = Path("runs")) -> EvaluationSource:
+    """The features to evaluate: ``features_file``, or else extracted with ``checkpoint`` (the newest
+    train-joint checkpoint under ``runs_root`` when None) from the prepared folder."""
+    if features_file is not None:
+        features = load_features(features_file)
+        name = _dataset_name(dataset, features)
+        return EvaluationSource(features, name, data_dir or DEFAULT_DATA_ROOT / name, trusted_data=data_dir is not None)
+    prepared, features = _extract(checkpoint, data_dir or DEFAULT_DATA_ROOT / (dataset or "sysu"), device, runs_root)
+    return EvaluationSource(features, _dataset_name(dataset, features), prepared.root, trusted_data=True,
+                            _prepared=prepared, _opened=True)
+
+
+def _extract(checkpoint: Path | None, data_dir: Path, device: str | None,
+             runs_root: Path) -> tuple[PreparedData, FeatureSet]:
+    """The test features of the prepared folder, extracted with ``checkpoint`` (the newest train-joint one
+    when None: named in the error when there is none, with the features-file alternative)."""
+    from pfanet_cli.engine.checkpoint import existing_checkpoint  # heavy: torch, only needed to extract
+    from pfanet_cli.engine.rundir import newest_checkpoint  # heavy: torch, only needed to extract
+    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only needed to extract
+    from pfanet_cli.evaluation.extract import extract_split  # heavy: torch, only needed to extract
+
+    if checkpoint is None:
+        try:
+            checkpoint = newest_checkpoint(runs_root, ("train-joint",), "extract")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; or evaluate a features file with --features F.npz") from exc
+    existing_checkpoint(checkpoint)
+    prepared = open_prepared(data_dir)
+    return prepared, extract_split(checkpoint, prepared, "test", device=str(resolve_device(device or "auto")),
+                                   runs_root=runs_root)
+
+
+def _dataset_name(requested: str | None, features: FeatureSet) -> str:
+    name = requested or features.dataset or "sysu"
+    check_choice("dataset", name, tuple(DATASETS))
+    return name
+
+
+def official_permutation(source: EvaluationSource, sampler: str, perm_file: Path | None) -> RandPerm | None:
+    """The permutation the official sampler uses: ``--perm-file``, else the features file's own copy,
+    else the prepared folder's when it belongs to these features; None for the AGW sampler or when
+    there is none."""
+    if sampler == "agw":
+        return None
+    if perm_file is not None:
+        return load_perm(perm_file)
+    carried = source.features.perm()
+    if carried is not None:
+        return carried
+    found = find_perm_file(source.data_dir) if source.trusted_data else None
+    return load_perm(found) if found is not None else None
+
+
+def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mode: str = "all",
+                    shot: str = "single", direction: str = "v2t", trials: int = 10, sampler: str = "auto",
+                    perm: RandPerm | None = None, max_rank: int = 20) -> list[EvalResult]:
+    """The dataset's protocol on the source's features: one SYSU setting or all four, one RegDB
+    direction or both."""
+    fs = source.features
+    if source.dataset == "sysu":
+        settings = list(ALL_SYSU_SETTINGS) if all_settings else [(mode, shot)]
+        return evaluate_sysu_settings(fs.features, fs.pids, fs.camids, fs.paths, settings, trials=trials,
+                                      sampler=sampler, perm=perm, max_rank=max_rank)
+    directions = list(regdb.DIRECTIONS) if all_settings else [direction]
+    return [evaluate_regdb(fs.features, fs.pids, fs.camids, direction=d, max_rank=max_rank) for d in directions]
+
+
+def image_loader(source: EvaluationSource, image_root: Path | None) -> ImageLoader | None:
+    """Images for the ranked-list picture: from the raw tree ``image_root`` when given, else the
+    prepared test split (None when there is none)."""
+    if image_root is not None:
+        return raw_image_loader(image_root)
+    prepared = source.prepared()
+    if prepared is None or "test" not in prepared.splits:
+        return None
+    try:
+        return prepared.split("test").image_loader()
+    except DataError:
+        return None
+
+
+def save_ranked_list_picture(path: Path, features: FeatureSet, result: EvalResult, perm: RandPerm | None,
+                             loader: ImageLoader | None, *, num_queries: int = 4,
+                             cell_size: tuple[int, int] = (128, 64), title: str | None = None) -> int:
+    """A few queries of trial 0 of ``result``'s setting and their top-10 gallery images; returns the number
+    of query lines drawn (0: nothing written, the images could not be found)."""
+    examples = ranked_examples(features.features, features.pids, features.camids, features.paths, result,
+                               perm=perm, num_queries=num_queries)
+    rows = ranked_list_rows(examples, features.paths, features.pids)
+    return save_ranked_lists(path, rows, loader, cell_size=cell_size, title=title)
+
+
+def _metric_cell(result: EvalResult, key: str) -> str:
+    mean, std = result.metrics[key], result.std[key]
+    return f"{mean:.2f} ± {std:.2f}" if result.trials > 1 else f"{mean:.2f}"
+
+
+def print_results(results: list[EvalResult]) -> None:
+    """Metrics as rows, settings as columns (fits 80 columns with the four SYSU settings)."""
+    first = results[0]
+    if first.dataset == "sysu":
+        title = f"SYSU-MM01, {first.sampler} gallery sampler, {first.trials} trial{'s' * (first.trials > 1)}"
+    else:
+        title = "RegDB (one split)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for result in results:
+        table.add_column(result.setting, justify="right", no_wrap=True)
+    for key in METRIC_KEYS:
+        table.add_row(key if key.startswith("m") else key.upper(), *(_metric_cell(r, key) for r in results))
+    table.add_section()
+    table.add_row("queries", *(f"{r.num_query:,}" for r in results))
+    if any(r.num_valid_query != r.num_query for r in results):
+        table.add_row("valid queries", *(_count(r.num_valid_query) for r in results))
+    table.add_row("gallery", *(_count(r.num_gallery) for r in results))
+    console.print(table)
+    note = "percent"
+    if any(r.trials > 1 for r in results):
+        note += ", mean ± std over trials; gallery = images per trial"
+    console.print(f"{note}; valid queries (with a positive in the gallery) are the ones averaged", style="dim")
+
+
+def _count(value: int | float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
+
+
+def write_outputs(source: EvaluationSource, results: list[EvalResult], perm: RandPerm | None, *,
+                  json_out: Path | None = None, as_list: bool = False, cmc_plot: Path | None = None,
+                  ranks_image: Path | None = None, image_root: Path | None = None) -> None:
+    """The files an evaluation asked for: the JSON (its CMC plot beside it unless another path is given),
+    the CMC plot and the ranked-list picture of the first setting."""
+    if json_out is not None:
+        write_results_json(json_out, results, as_list=as_list)
+        console.print(f"results written to {json_out}")
+        if cmc_plot is None:
+            cmc_plot = json_out.with_name(json_out.stem + "_cmc.png")
+    if cmc_plot is not None:
+        save_cmc_plot(cmc_plot, {r.setting: r.cmc for r in results}, title=f"CMC ({results[0].dataset})")
+        console.print(f"CMC curve written to {cmc_plot}")
+    if ranks_image is not None:
+        _write_ranked_lists(source, results[0], perm, ranks_image, image_root)
+
+
+def _write_ranked_lists(source: EvaluationSource, result: EvalResult, perm: RandPerm | None, path: Path,
+                        image_root: Path | None) -> None:
+    loader = image_loader(source, image_root)
+    if loader is None:
+        console.print(f"note: ranked-list picture skipped: no images (pass --image-root RAW or --data with "
+                      f"test_images.npy; {source.data_dir} has none)")
+        return
+    drawn = save_ranked_list_picture(path, source.features, result, perm, loader, title=f"{result.setting}, trial 0")
+    if drawn:
+        console.print(f"ranked lists of {drawn} queries written to {path}")
+    else:
+        console.print("note: ranked-list picture skipped: the features' image paths do not resolve against "
+                      f"{image_root if image_root is not None else source.data_dir}")

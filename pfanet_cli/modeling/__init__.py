@@ -1,0 +1,2 @@
+"""The networks of PFANet (generators, discriminators, the feature extractor with BNG and MMM), their
+table and builder, and the losses."""

@@ -1,0 +1,101 @@
+"""The one table of PFANet's networks (checkpoint key, paper name, what it is, how it is built) and the
+builder every stage, checkpoint restore, dry run and benchmark uses.
+
+The keys are the state-dict names of SPEC §4's checkpoint format; they never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from torch import nn
+
+from pfanet_cli.config import ModelConfig
+from pfanet_cli.modeling.extractor import FeatureExtractor, feature_channels
+from pfanet_cli.modeling.gan import JointDiscriminator, PatchDiscriminator, ResnetGenerator, init_gan_weights
+from pfanet_cli.modeling.pretrained import load_imagenet_weights
+
+GENERATOR_RGB2IR = "generator_rgb2ir"
+GENERATOR_IR2RGB = "generator_ir2rgb"
+DISC_RGB = "disc_rgb"
+DISC_IR = "disc_ir"
+EXTRACTOR = "extractor"
+
+Builder = Callable[[ModelConfig, int, bool], nn.Module]
+"""(model config, number of classes, joint discriminator?) -> a new network."""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    key: str
+    """State-dict name in checkpoints."""
+    paper_name: str
+    description: str
+    build: Builder
+
+
+def _generator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
+    return ResnetGenerator(config.generator_channels, config.generator_res_blocks, config.generator_skip)
+
+
+def _plain_discriminator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
+    return PatchDiscriminator(config.disc_channels)
+
+
+def _ir_discriminator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
+    """The joint image–feature discriminator in train-joint (it needs F's channel count, not F itself);
+    a plain PatchGAN in train-gan."""
+    if joint:
+        return JointDiscriminator(feature_channels(config.backbone), config.disc_channels,
+                                  config.joint_feature_channels)
+    return PatchDiscriminator(config.disc_channels)
+
+
+def _extractor(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
+    return FeatureExtractor(num_classes, config)
+
+
+NETWORKS: dict[str, NetworkSpec] = {spec.key: spec for spec in (
+    NetworkSpec(GENERATOR_RGB2IR, "G_I", "generator RGB -> IR", _generator),
+    NetworkSpec(GENERATOR_IR2RGB, "G_R", "generator IR -> RGB", _generator),
+    NetworkSpec(DISC_RGB, "D_R", "PatchGAN discriminator of RGB images", _plain_discriminator),
+    NetworkSpec(DISC_IR, "D_I", "discriminator of IR images (joint image-feature in train-joint)", _ir_discriminator),
+    NetworkSpec(EXTRACTOR, "F", "feature extractor (ResNet + BNG + MMM, classifier and embedder)", _extractor),
+)}
+NETWORK_KEYS = tuple(NETWORKS)
+GENERATOR_KEYS = (GENERATOR_RGB2IR, GENERATOR_IR2RGB)
+STAGE_NETWORKS = {"train-gan": (GENERATOR_RGB2IR, GENERATOR_IR2RGB, DISC_RGB, DISC_IR), "train-joint": NETWORK_KEYS}
+"""The networks each training stage builds and checkpoints."""
+
+
+def build_networks(config: ModelConfig, num_classes: int, joint_discriminator: bool, load_pretrained: bool = True,
+                   keys: Iterable[str] = NETWORK_KEYS) -> dict[str, nn.Module]:
+    """The networks named in ``keys`` (default: all five), in table order, initialised: G and D with
+    N(0, 0.02), F's trunk from ``config.pretrained`` when ``load_pretrained`` (otherwise torchvision's
+    random initialisation, e.g. before loading a checkpoint)."""
+    wanted = set(keys)
+    networks = {key: spec.build(config, num_classes, joint_discriminator)
+                for key, spec in NETWORKS.items() if key in wanted}
+    for key, net in networks.items():
+        if key == EXTRACTOR:
+            if load_pretrained:
+                load_imagenet_weights(net, config.pretrained)
+        else:
+            init_gan_weights(net)
+    return networks
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameter elements of ``module`` (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(config: ModelConfig, num_classes: int, stage: str) -> dict[str, int]:
+    """Parameter counts by paper name of every network a stage builds (no data, no pretrained weights),
+    plus their total."""
+    networks = build_networks(config, num_classes, joint_discriminator=stage == "train-joint",
+                              load_pretrained=False, keys=STAGE_NETWORKS[stage])
+    counts = {NETWORKS[key].paper_name: count_parameters(net) for key, net in networks.items()}
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,97 @@
+"""ImageNet (or other torchvision-layout) weights for F's ResNet trunk, from the torch hub cache or a
+local file. Nothing is ever downloaded and there is never a silent fallback to random weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pfanet_cli.errors import CheckpointError, UsageError
+from pfanet_cli.modeling.extractor import FeatureExtractor
+
+# torchvision's IMAGENET1K_V1 files (the weights the ReID literature uses), then the older file names of the
+# same weights that a torch hub cache may still hold.
+_IMAGENET_FILES: dict[str, tuple[str, ...]] = {
+    "resnet18": ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
+    "resnet34": ("resnet34-b627a593.pth", "resnet34-333f7ec4.pth"),
+    "resnet50": ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth"),
+}
+_DOWNLOAD_ROOT = "https://download.pytorch.org/models/"
+
+
+def imagenet_weight_file(backbone: str) -> Path:
+    """Where the torch hub cache keeps torchvision's ImageNet file for ``backbone`` (it may not exist)."""
+    if backbone not in _IMAGENET_FILES:
+        raise UsageError(f"model.backbone={backbone!r} is not one of {', '.join(_IMAGENET_FILES)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / _IMAGENET_FILES[backbone][0]
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt file to the user
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read backbone weights {path}: not a PyTorch state dict or corrupt ({reason[:120]}); "
+            "replace the file"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"backbone weights {path} do not hold a state dict of tensors; replace the file")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_imagenet_weights(extractor: FeatureExtractor, spec: str) -> None:
+    """Load ImageNet (or other torchvision-layout) weights into F's ResNet trunk.
+
+    ``spec``: ``"none"`` (keep the random initialisation), ``"imagenet"`` (torchvision's file from the torch hub
+    cache, ``torch.hub.get_dir()/checkpoints/<file>``) or a path to a local file. Nothing is ever downloaded and
+    there is no silent fallback: a missing, unreadable or mismatching file raises :class:`CheckpointError`.
+    All trunk keys must be present with the right shapes; ``fc.*`` is ignored; other extra keys are an error."""
+    spec = str(spec).strip()
+    if spec.lower() == "none":
+        return
+    backbone = extractor.backbone_name
+    if spec.lower() == "imagenet":
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        candidates = [hub / name for name in _IMAGENET_FILES[backbone]]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            name = _IMAGENET_FILES[backbone][0]
+            raise CheckpointError(
+                f"ImageNet weights for {backbone} are not on disk: put {name} (from {_DOWNLOAD_ROOT}{name}) at "
+                f"{candidates[0]}, or set model.pretrained to a local file, or model.pretrained=none"
+            )
+    else:
+        path = Path(os.path.expanduser(spec))
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise CheckpointError(
+                f"backbone weights file {path} {what}; set model.pretrained to a torchvision {backbone} "
+                "state dict, imagenet, or none"
+            )
+    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+    target = extractor.backbone.state_dict()
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"backbone weights {path} do not fit a torchvision {backbone}: keys {', '.join(parts)}; "
+            f"give a {backbone} file"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise CheckpointError(
+                f"backbone weights {path} do not fit a torchvision {backbone}: {key} has shape "
+                f"{tuple(value.shape)}, expected {tuple(target[key].shape)}"
+            )
+    extractor.backbone.load_state_dict(state, strict=True)

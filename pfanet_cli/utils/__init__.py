@@ -1,0 +1,1 @@
+"""Helpers every layer uses: atomic writes, the console, image files and pictures."""

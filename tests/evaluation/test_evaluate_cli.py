@@ -1,0 +1,217 @@
+"""`pfanet evaluate`: JSON contract, table, settings, plots, and one exit code per kind of bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pfanet_cli.evaluation.extract as extract
+from pfanet_cli.cli import main
+from pfanet_cli.data.format import PREPARED_FORMAT, PREPARED_FORMAT_VERSION
+from pfanet_cli.data.sysu import save_rand_perm_cam
+from pfanet_cli.evaluation.features import load_features, save_features
+from pfanet_cli.evaluation.protocols import METRIC_KEYS
+from tests.helpers import perm_for, sysu_like
+
+CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std", "per_trial"]
+
+
+@pytest.fixture
+def sysu_files(tmp_path: Path):
+    feats, pids, camids, paths = sysu_like(seed=11, ids=8, dim=8)
+    perm = perm_for(pids, camids, seed=3)
+    save_rand_perm_cam(tmp_path / "rand_perm_cam.mat", perm)
+    raw = (tmp_path / "rand_perm_cam.mat").read_bytes()
+    with_perm = save_features(tmp_path / "feats.npz", feats, pids, camids, paths, dataset="sysu", perm_mat_bytes=raw)
+    bare = save_features(tmp_path / "bare.npz", feats, pids, camids, paths)
+    return {"dir": tmp_path, "features": with_perm, "bare": bare, "perm": tmp_path / "rand_perm_cam.mat",
+            "arrays": (feats, pids, camids, paths)}
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["evaluate", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_table_and_default_cmc_plot(sysu_files, capsys):
+    out = sysu_files["dir"] / "results" / "sysu.json"
+    code, stdout, _ = run(["--features", sysu_files["features"], "--mode", "indoor", "--shot", "multi",
+                           "--trials", "3", "--json", out], capsys)
+    assert code == 0
+    payload = json.loads(out.read_text())
+    assert list(payload) == CONTRACT
+    assert (payload["dataset"], payload["mode"], payload["shot"], payload["sampler"], payload["trials"]) == (
+        "sysu", "indoor", "multi", "official", 3)
+    assert list(payload["metrics"]) == list(METRIC_KEYS) and len(payload["per_trial"]) == 3
+    assert all(0.0 <= v <= 100.0 for v in payload["metrics"].values())
+    for label in ("R1", "R5", "R10", "R20", "mAP", "mINP", "queries", "gallery", "indoor/multi", "±"):
+        assert label in stdout
+    plot = out.with_name("sysu_cmc.png")
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_all_settings_writes_a_list_of_four(sysu_files, capsys):
+    out = sysu_files["dir"] / "all.json"
+    plot = sysu_files["dir"] / "curves.png"
+    code, stdout, _ = run(["--features", sysu_files["bare"], "--all-settings", "--trials", "2", "--json", out,
+                           "--cmc-plot", plot, "--max-rank", "10"], capsys)
+    assert code == 0
+    payload = json.loads(out.read_text())
+    assert [(p["mode"], p["shot"]) for p in payload] == [("all", "single"), ("all", "multi"),
+                                                         ("indoor", "single"), ("indoor", "multi")]
+    assert {p["sampler"] for p in payload} == {"agw"}          # no permutation anywhere -> AGW sampler
+    assert all(list(p) == CONTRACT for p in payload)
+    assert plot.is_file() and not out.with_name("all_cmc.png").exists()
+    assert "indoor/single" in stdout and "valid queries" in stdout
+
+
+def test_sampler_and_permutation_options(sysu_files, capsys):
+    out = sysu_files["dir"] / "r.json"
+    code, _, _ = run(["--features", sysu_files["bare"], "--perm-file", sysu_files["perm"], "--trials", "2",
+                      "--json", out], capsys)
+    assert code == 0 and json.loads(out.read_text())["sampler"] == "official"
+    code, _, _ = run(["--features", sysu_files["features"], "--sampler", "agw", "--trials", "2", "--json", out],
+                     capsys)
+    assert code == 0 and json.loads(out.read_text())["sampler"] == "agw"
+    # a prepared dir given with --data supplies exp/rand_perm_cam.mat
+    data = sysu_files["dir"] / "prepared"
+    (data / "exp").mkdir(parents=True)
+    (data / "exp" / "rand_perm_cam.mat").write_bytes(sysu_files["perm"].read_bytes())
+    code, _, _ = run(["--features", sysu_files["bare"], "--data", data, "--trials", "2", "--json", out], capsys)
+    assert code == 0 and json.loads(out.read_text())["sampler"] == "official"
+    code, _, err = run(["--features", sysu_files["bare"], "--sampler", "official"], capsys)
+    assert code == 3 and "needs the permutation file" in err
+
+
+def write_prepared(folder: Path, paths, pids, camids, size=(16, 8)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (len(paths),) + size + (3,), dtype=np.uint8)
+    np.save(folder / "test_images.npy", images)
+    with open(folder / "test_index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "pid", "camid", "modality", "label"])
+        for path, pid, cam in zip(paths, pids, camids):
+            writer.writerow([path, int(pid), int(cam), "ir" if cam in (3, 6) else "rgb", -1])
+    manifest = {"format": PREPARED_FORMAT, "format_version": PREPARED_FORMAT_VERSION, "dataset": "sysu",
+                "size": list(size), "splits": {"test": {"images": len(paths)}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_ranks_image_from_a_prepared_dir_and_from_the_raw_root(sysu_files, capsys):
+    feats, pids, camids, paths = sysu_files["arrays"]
+    data = write_prepared(sysu_files["dir"] / "prepared", paths, pids, camids)
+    picture = sysu_files["dir"] / "ranks.png"
+    code, stdout, _ = run(["--features", sysu_files["features"], "--data", data, "--trials", "1",
+                           "--ranks-image", picture], capsys)
+    assert code == 0 and "ranked lists of 4 queries" in stdout
+    with Image.open(picture) as image:
+        width, height = image.size
+    assert width > 10 * 64 and height > 4 * 128            # 4 queries x (query + 10 gallery) cells
+    raw = sysu_files["dir"] / "raw"
+    for path in paths:
+        (raw / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 24), (90, 120, 30)).save(raw / path)
+    code, stdout, _ = run(["--features", sysu_files["features"], "--image-root", raw, "--trials", "1",
+                           "--ranks-image", sysu_files["dir"] / "raw.png"], capsys)
+    assert code == 0 and (sysu_files["dir"] / "raw.png").is_file()
+    code, stdout, _ = run(["--features", sysu_files["features"], "--image-root", sysu_files["dir"] / "nowhere",
+                           "--trials", "1", "--ranks-image", sysu_files["dir"] / "none.png"], capsys)
+    assert code == 0 and "skipped" in stdout and not (sysu_files["dir"] / "none.png").exists()
+
+
+def test_regdb_features(tmp_path: Path, capsys):
+    rng = np.random.default_rng(1)
+    pids = np.repeat(np.arange(1, 9), 6)
+    camids = np.tile(np.repeat([1, 2], 3), 8)
+    feats = (rng.standard_normal((8, 6))[pids - 1] + rng.standard_normal((48, 6))).astype(np.float32)
+    paths = [f"{'Visible' if c == 1 else 'Thermal'}/{p}/{i}.bmp" for i, (p, c) in enumerate(zip(pids, camids))]
+    path = save_features(tmp_path / "regdb.npz", feats, pids, camids, paths, dataset="regdb")
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(["--features", path, "--direction", "t2v", "--json", out], capsys)
+    assert code == 0 and "regdb t2v" in stdout
+    payload = json.loads(out.read_text())
+    assert (payload["dataset"], payload["mode"], payload["trials"], payload["num_query"]) == ("regdb", "t2v", 1, 24)
+    code, _, _ = run(["--features", path, "--all-settings", "--json", out], capsys)
+    assert code == 0 and [p["mode"] for p in json.loads(out.read_text())] == ["v2t", "t2v"]
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_bad_inputs_exit_3_naming_the_problem(sysu_files, capsys):
+    feats, pids, camids, paths = sysu_files["arrays"]
+    folder = sysu_files["dir"]
+    good = {"features": feats, "pids": pids, "camids": camids, "paths": np.array(paths)}
+    cases = {
+        "mismatched lengths": dict(good, pids=pids[:-2]),
+        "missing key camids": {k: v for k, v in good.items() if k != "camids"},
+        "unknown SYSU-MM01 camera ids 7": dict(good, camids=np.where(camids == 5, 7, camids)),
+        "empty gallery": {k: v[np.isin(camids, (3, 6))] for k, v in good.items()},
+        "NaN or inf": dict(good, features=np.where(np.arange(len(pids))[:, None] == 3, np.nan, feats)),
+    }
+    for message, arrays in cases.items():
+        path = write_npz(folder / "bad.npz", **arrays)
+        code, _, err = run(["--features", path], capsys)
+        assert code == 3, message
+        assert message in err, (message, err)
+    code, _, err = run(["--features", folder / "absent.npz"], capsys)
+    assert code == 3 and "not found" in err
+    perm = perm_for(pids, camids)
+    short = {c: {p: e[:, 1:] for p, e in v.items()} for c, v in perm.items()}
+    save_rand_perm_cam(folder / "short.mat", short)
+    code, _, err = run(["--features", sysu_files["bare"], "--perm-file", folder / "short.mat"], capsys)
+    assert code == 3 and "does not match these features" in err
+    del perm[1][min(perm[1])]
+    save_rand_perm_cam(folder / "partial.mat", perm)
+    code, _, err = run(["--features", sysu_files["bare"], "--perm-file", folder / "partial.mat"], capsys)
+    assert code == 3 and "no entry for gallery folder cam1/" in err
+    (folder / "junk.mat").write_text("not a MATLAB file")
+    code, _, err = run(["--features", sysu_files["bare"], "--perm-file", folder / "junk.mat"], capsys)
+    assert code == 3 and "junk.mat" in err
+    assert len(err.strip().splitlines()) == 1                # one line, no traceback
+
+
+def test_usage_errors_exit_2(sysu_files, capsys):
+    for args, message in ((["--mode", "outdoor"], "unknown mode 'outdoor'"),
+                          (["--trials", "0"], "--trials must be at least 1"),
+                          (["--dataset", "market"], "unknown dataset 'market'")):
+        code, _, err = run(["--features", sysu_files["features"], *args], capsys)
+        assert code == 2 and message in err
+
+
+def test_no_features_and_no_checkpoint_is_exit_4(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["--mode", "indoor", "--shot", "multi"], capsys)
+    assert code == 4 and "--features" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["--checkpoint", tmp_path / "missing.pt"], capsys)
+    assert code == 4 and "missing.pt" in err
+
+
+def test_checkpoint_branch_uses_the_extract_stage(sysu_files, tmp_path: Path, capsys, monkeypatch):
+    calls = []
+
+    def fake(checkpoint, data, split, device, runs_root):
+        calls.append((checkpoint, data.root, split, device))
+        return load_features(sysu_files["features"])
+
+    monkeypatch.setattr(extract, "extract_split", fake)
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"stand-in")
+    feats, pids, camids, paths = sysu_files["arrays"]
+    data = write_prepared(tmp_path / "prepared", paths, pids, camids)
+    out = tmp_path / "r.json"
+    code, _, _ = run(["--checkpoint", checkpoint, "--data", data, "--device", "cpu", "--trials", "1",
+                      "--json", out], capsys)
+    assert code == 0 and calls == [(checkpoint, data, "test", "cpu")]
+    assert json.loads(out.read_text())["sampler"] == "official"   # the permutation travels with the features

@@ -1,0 +1,52 @@
+"""extract on a tiny trained checkpoint: the SPEC §3 test feature, image folders, and the checkpoint it needs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+
+from pfanet_cli.cli import main
+from pfanet_cli.data.prepared import open_prepared
+from pfanet_cli.engine.checkpoint import restore_networks
+from pfanet_cli.evaluation.extract import extract_folder, extract_split
+from tests.helpers import error_line
+
+
+def test_extract_computes_the_spec_feature(trained):
+    result = extract_split(trained["joint"], trained["prep"], batch_size=5)
+    test = open_prepared(trained["prep"]).split("test")
+    assert result.features.shape == (len(test), 512) and result.features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(result.features, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(result.paths, test.paths)
+    np.testing.assert_array_equal(result.camids, test.camids)
+
+    nets, _ = restore_networks(trained["joint"], ["extractor", "generator_rgb2ir"], "test")
+    rows = [int(np.flatnonzero(~test.is_ir)[0]), int(np.flatnonzero(test.is_ir)[0])]
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(test.images[rows])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x[0] = nets["generator_rgb2ir"](x[:1])[0]  # RGB goes through G_I, IR as it is
+        flip = torch.flip(x, dims=[3])
+        v = nets["extractor"](x).pooled + nets["extractor"](flip).pooled
+        expected = torch.nn.functional.normalize(v, dim=1).numpy()
+    np.testing.assert_allclose(result.features[rows], expected, atol=1e-5)
+
+    plain = extract_split(trained["joint"], trained["prep"], translate=False)
+    assert not np.allclose(plain.features[rows[0]], result.features[rows[0]])
+    np.testing.assert_allclose(plain.features[rows[1]], result.features[rows[1]], atol=1e-6)
+
+
+def test_extract_image_folder_reads_identities_from_paths(trained, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(trained["raw"] / "cam1/0005", folder / "cam1/0005")
+    shutil.copytree(trained["raw"] / "cam3/0006", folder / "cam3/0006")
+    result = extract_folder(trained["joint"], folder)
+    assert list(result.pids) == [5, 5, 6, 6] and list(result.camids) == [1, 1, 3, 3]
+    assert result.dataset == "sysu" and result.features.shape == (4, 512)
+
+
+def test_extract_needs_a_joint_checkpoint(trained, capsys):
+    code = main(["extract", "--checkpoint", str(trained["gan"]), "--data", str(trained["prep"]), "--out", "x.npz"])
+    assert code == 4
+    assert "has no extractor, which extract needs" in error_line(capsys)

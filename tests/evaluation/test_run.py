@@ -1,0 +1,55 @@
+"""Evaluating a feature set end to end: which permutation the official sampler uses, and the prepared
+folder opened at most once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pfanet_cli.evaluation.run as run_module
+from pfanet_cli.data.sysu import save_rand_perm_cam
+from pfanet_cli.evaluation.features import validate_arrays
+from pfanet_cli.evaluation.run import EvaluationSource, official_permutation
+
+OWN = {1: {1: np.tile([1, 2], (10, 1))}}
+CARRIED = {1: {1: np.tile([2, 1], (10, 1))}}
+
+
+def first_row(perm) -> list[int]:
+    return perm[1][1][0].tolist()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A folder whose exp/ holds a permutation, and another permutation file beside it."""
+    (tmp_path / "exp").mkdir()
+    save_rand_perm_cam(tmp_path / "exp" / "rand_perm_cam.mat", OWN)
+    save_rand_perm_cam(tmp_path / "other.mat", CARRIED)
+    return tmp_path
+
+
+def source(folder: Path, carried: bool, trusted: bool) -> EvaluationSource:
+    features = validate_arrays(np.eye(2, dtype=np.float32), [1, 1], [3, 1], ["cam3/0001/a.jpg", "cam1/0001/b.jpg"])
+    features.perm_mat_bytes = (folder / "other.mat").read_bytes() if carried else None
+    return EvaluationSource(features, "sysu", folder, trusted_data=trusted)
+
+
+def test_the_option_wins_then_the_carried_copy_then_a_folder_that_belongs_to_the_features(folder):
+    assert first_row(official_permutation(source(folder, False, True), "auto", None)) == [1, 2]
+    assert first_row(official_permutation(source(folder, True, True), "auto", None)) == [2, 1]
+    assert first_row(official_permutation(source(folder, False, True), "official", folder / "other.mat")) == [2, 1]
+    # the default prepared folder is not the features' source: its permutation file is not used
+    assert official_permutation(source(folder, False, False), "auto", None) is None
+    assert official_permutation(source(folder / "nowhere", False, True), "auto", None) is None
+    assert official_permutation(source(folder, True, True), "agw", None) is None
+
+
+def test_the_prepared_folder_is_opened_once(folder, monkeypatch):
+    opened = []
+    monkeypatch.setattr(run_module, "open_prepared", lambda path: opened.append(path))
+    evaluation = source(folder, False, True)
+    evaluation.prepared()
+    evaluation.prepared()
+    assert opened == [folder]

@@ -1,0 +1,123 @@
+"""Hand-computed cases for every loss of pfanet_cli.losses."""
+
+import math
+
+import pytest
+import torch
+
+from pfanet_cli.config import JointConfig
+from pfanet_cli.modeling.losses import (
+    cross_modality_triplet,
+    cycle_loss,
+    identity_cross_entropy,
+    lsgan_loss,
+    pairwise_distance,
+)
+
+
+def test_lsgan_loss_hand_computed():
+    prediction = torch.tensor([[[[0.5, 2.0]]]])
+    # real: ((0.5 - 1)^2 + (2 - 1)^2) / 2 ; fake: (0.5^2 + 2^2) / 2
+    assert lsgan_loss(prediction, True).item() == pytest.approx(0.625)
+    assert lsgan_loss(prediction, False).item() == pytest.approx(2.125)
+
+
+def test_cycle_loss_is_mean_absolute_error():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    b = torch.tensor([2.0, 2.0, 0.0])
+    assert cycle_loss(a, b).item() == pytest.approx(4.0 / 3.0)
+
+
+def test_identity_cross_entropy_hand_computed():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    labels = torch.tensor([0, 1])
+    # -log(1/2) and -log(1/4)
+    expected = (math.log(2.0) + math.log(4.0)) / 2.0
+    assert identity_cross_entropy(logits, labels).item() == pytest.approx(expected)
+
+
+def _cosine_case():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    anchor_labels = torch.tensor([0, 1])
+    others = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    other_labels = torch.tensor([0, 0, 1, 1])
+    return anchors, anchor_labels, others, other_labels
+
+
+def test_triplet_cosine_hand_computed():
+    # anchor 1 (1,0), id 0: positives at d = 0 and 1 -> hardest 1; negatives at d = 1 - 1/sqrt2 and 2
+    #   -> hardest 1 - 1/sqrt2; loss = 1 - (1 - 1/sqrt2) + m
+    # anchor 2 (0,1), id 1: positives at d = 1 - 1/sqrt2 and 1 -> hardest 1; negatives at d = 1 and 0
+    #   -> hardest 0; loss = 1 - 0 + m
+    anchors, anchor_labels, others, other_labels = _cosine_case()
+    r = 1.0 / math.sqrt(2.0)
+    for margin in (1.0, 0.3):
+        expected = ((r + margin) + (1.0 + margin)) / 2.0
+        loss = cross_modality_triplet(anchors, anchor_labels, others, other_labels, margin, "cosine")
+        assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # a margin small enough makes anchor 1's term vanish: relu(1/sqrt2 - 0.8) = 0
+    loss = cross_modality_triplet(anchors, anchor_labels, others, other_labels, -0.8, "cosine")
+    assert loss.item() == pytest.approx((0.0 + 0.2) / 2.0, abs=1e-6)
+
+
+def test_triplet_euclidean_hand_computed():
+    anchors = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    anchor_labels = torch.tensor([0, 1])
+    others = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [0.0, 5.0]])
+    other_labels = torch.tensor([0, 0, 1, 1])
+    # anchor (0,0), id 0: positives d = 1, 2 -> 2; negatives d = 5, 5 -> 5; relu(2 - 5 + 0.3) = 0
+    # anchor (3,0), id 1: positives d = 4, sqrt34 -> sqrt34; negatives d = 2, sqrt13 -> 2; sqrt34 - 2 + 0.3
+    expected = (0.0 + (math.sqrt(34.0) - 2.0 + 0.3)) / 2.0
+    loss = cross_modality_triplet(anchors, anchor_labels, others, other_labels, 0.3, "euclidean")
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    cosine = cross_modality_triplet(anchors, anchor_labels, others, other_labels, 0.3, "cosine")
+    assert cosine.item() != pytest.approx(expected, abs=1e-3)
+
+
+def test_triplet_mines_only_in_the_other_set():
+    # Anchors of the same id far apart: mining inside the anchor set would find a hard positive there.
+    anchors = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    others = torch.tensor([[1.0, 0.1], [-1.0, 0.1], [0.0, 1.0]])
+    other_labels = torch.tensor([0, 0, 1])
+    dist = pairwise_distance(anchors, others, "cosine")
+    expected = torch.relu(dist[:, :2].amax(1) - dist[:, 2] + 1.0).mean()
+    loss = cross_modality_triplet(anchors, labels, others, other_labels, 1.0)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_triplet_skips_anchors_without_positive_or_negative():
+    anchors, anchor_labels, others, other_labels = _cosine_case()
+    base = cross_modality_triplet(anchors, anchor_labels, others, other_labels, 1.0)
+    extra = torch.cat([anchors, torch.tensor([[0.3, 0.7]])])
+    extra_labels = torch.cat([anchor_labels, torch.tensor([7])])  # id 7 has no positive among the others
+    assert cross_modality_triplet(extra, extra_labels, others, other_labels, 1.0).item() == pytest.approx(
+        base.item(), abs=1e-6
+    )
+    # no valid anchor at all: zero, but still differentiable
+    lonely = anchors.clone().requires_grad_(True)
+    loss = cross_modality_triplet(lonely, torch.tensor([5, 6]), others, other_labels, 1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(lonely.grad == 0)
+
+
+def test_triplet_gradients_are_finite_for_identical_points():
+    x = torch.randn(4, 8, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1])
+    for distance in ("cosine", "euclidean"):
+        loss = cross_modality_triplet(x, labels, x, labels, 0.3, distance)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_triplet_rejects_unknown_distance_and_bad_shapes():
+    anchors, anchor_labels, others, other_labels = _cosine_case()
+    with pytest.raises(ValueError, match="cosine"):
+        cross_modality_triplet(anchors, anchor_labels, others, other_labels, 1.0, "manhattan")
+    with pytest.raises(ValueError):
+        cross_modality_triplet(anchors, anchor_labels[:1], others, other_labels, 1.0)
+
+
+def test_default_margins_follow_the_distance():
+    assert JointConfig().resolved_margin() == 1.0
+    assert JointConfig(triplet_distance="euclidean").resolved_margin() == 0.3

@@ -1,0 +1,89 @@
+"""translate on a tiny trained checkpoint: tree, names and sizes kept, determinism per image, the newest
+checkpoint by default, and its bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from pfanet_cli.cli import main
+from pfanet_cli.translate import translate_folder
+from tests.helpers import error_line, write_image
+
+
+def test_translate_keeps_tree_names_and_sizes(trained, tmp_path, capsys):
+    source = tmp_path / "rgb"
+    rng = np.random.default_rng(0)
+    write_image(source / "a/x.jpg", rng, (100, 50))
+    write_image(source / "a/b/y.png", rng, (64, 32))
+    write_image(source / "z.bmp", rng, (30, 70), mode="L")
+    code = main(["translate", str(source), str(tmp_path / "out"), "--checkpoint", str(trained["gan"])])
+    assert code == 0, capsys.readouterr().err
+    for rel, size in (("a/x.jpg", (50, 100)), ("a/b/y.png", (32, 64)), ("z.bmp", (70, 30))):
+        with Image.open(tmp_path / "out" / rel) as image:
+            assert image.size == size and image.mode == "RGB"
+    manifest = json.loads((tmp_path / "out/translate_manifest.json").read_text())
+    assert [r["source"] for r in manifest["images"]] == ["a/b/y.png", "a/x.jpg", "z.bmp"]
+    assert manifest["stage"] == "train-gan" and manifest["model_size"] == [64, 32]
+
+    assert main(["translate", str(source), str(tmp_path / "fixed"), "--checkpoint", str(trained["joint"]),
+                 "--model-size"]) == 0
+    with Image.open(tmp_path / "fixed/a/x.jpg") as image:
+        assert image.size == (32, 64)
+
+
+def test_translate_is_deterministic_per_image_and_uses_the_newest_checkpoint(trained, tmp_path):
+    source = tmp_path / "rgb"
+    write_image(source / "one.png", np.random.default_rng(1), (64, 32))
+    write_image(source / "two.png", np.random.default_rng(2), (64, 32))
+    first = translate_folder(source, tmp_path / "out1", runs_root=trained["runs"], batch_size=2)
+    assert first.checkpoint == trained["joint"]  # newest of train-gan / train-joint
+    (source / "two.png").unlink()
+    translate_folder(source, tmp_path / "out2", runs_root=trained["runs"], batch_size=1)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out1/one.png")),
+                                  np.asarray(Image.open(tmp_path / "out2/one.png")))
+
+
+def test_translate_bad_input(trained, tmp_path, capsys):
+    ckpt = ["--checkpoint", str(trained["gan"])]
+    (tmp_path / "empty").mkdir()
+    assert main(["translate", str(tmp_path / "empty"), str(tmp_path / "o1"), *ckpt]) == 3
+    assert "holds no files" in error_line(capsys)
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts/readme.txt").write_text("not an image")
+    assert main(["translate", str(tmp_path / "texts"), str(tmp_path / "o2"), *ckpt]) == 3
+    assert "no image files (only other files)" in error_line(capsys)
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/a.jpg").write_bytes(b"garbage")
+    assert main(["translate", str(tmp_path / "broken"), str(tmp_path / "o3"), *ckpt]) == 3
+    assert "none of the 1 image files" in error_line(capsys)
+
+    source = tmp_path / "rgb"
+    write_image(source / "sub/a.jpg", np.random.default_rng(0), (64, 32))
+    assert main(["translate", str(source), str(source / "inside"), *ckpt]) == 2
+    assert "inside the input folder" in error_line(capsys)
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "o4").mkdir()
+    (tmp_path / "o4/sub").symlink_to(outside)
+    assert main(["translate", str(source), str(tmp_path / "o4"), *ckpt]) == 3
+    assert "would be written outside" in error_line(capsys)
+    assert not any(outside.iterdir())
+
+    assert main(["translate", str(source), str(tmp_path / "o5"), *ckpt]) == 0
+    capsys.readouterr()
+    assert main(["translate", str(source), str(tmp_path / "o5"), *ckpt]) == 3
+    assert "already exists; pass --overwrite" in error_line(capsys)
+    assert main(["translate", str(source), str(tmp_path / "o5"), *ckpt, "--overwrite"]) == 0
+
+
+def test_no_checkpoint_anywhere(tmp_path, capsys):
+    source = tmp_path / "rgb"
+    write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
+    assert main(["translate", str(source), str(tmp_path / "o"), "--runs-root", str(tmp_path / "runs")]) == 4
+    assert "no train-gan or train-joint checkpoint found" in error_line(capsys)
