@@ -104,12 +104,10 @@ class JointTrainer(StageTrainer):
     def __init__(self, *args: Any, init_gan: Path | str | None = None, **kwargs: Any) -> None:
         self.init_gan = init_gan
         self.init_gan_source = ""
-        super().__init__(*args, **kwargs)
-        joint = self.recipe.joint
-        self.margin = joint.resolved_margin()
-        self.validator = (Validator(self.data, joint.validate_trials, self.device) if joint.validate_every
-                          else None)
         self.selection = SelectionRecord()
+        self.validator: Validator | None = None
+        super().__init__(*args, **kwargs)
+        self.margin = self.recipe.joint.resolved_margin()
 
     # --- stage description -----------------------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -117,6 +115,7 @@ class JointTrainer(StageTrainer):
 
     def build(self, fresh: bool) -> StageParts:
         recipe, joint = self.recipe, self.recipe.joint
+        self.validator = Validator(self.data, joint.validate_trials, self.device) if joint.validate_every else None
         nets = build_networks(recipe.model, self.split.num_classes, joint_discriminator=True, load_pretrained=fresh)
         if fresh:
             self.init_gan_source = self._start_generators(nets)

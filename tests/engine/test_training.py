@@ -158,6 +158,24 @@ def test_joint_checkpoints_with_the_pool_under_its_old_key_still_resume(prepared
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
+def test_joint_checkpoints_from_before_the_gan_batch_and_input_norm_still_resume(prepared, tmp_path, capsys):
+    """A train-joint checkpoint written before the G/D batch, validation and ``model.input_norm`` existed: its
+    state holds one batch source and F was trained on [-1, 1] images, so it resumes with input_norm=none (the
+    G/D batch starts from its seed) and says which key differs otherwise."""
+    recipe = tiny(prepared, "train.deterministic=true", "model.input_norm=none")
+    run_stage(JointTrainer, recipe, [], tmp_path / "run", None, show_progress=False, init_gan="none")
+    payload = torch.load(tmp_path / "run/checkpoints/iter-000004.pt", weights_only=True)
+    for key in ("batch_sources", "init_gan", "selection"):
+        del payload["state"][key]
+    del payload["architecture"]["input_norm"]
+    torch.save(payload, tmp_path / "run/checkpoints/last.pt")
+    args = ["train-joint", str(TINY), f"data.root={prepared}", "--out", str(tmp_path / "run"), "--resume", "auto"]
+    assert main(args) == 4
+    assert "model.input_norm: 'none' in the checkpoint, 'imagenet' requested" in capsys.readouterr().err
+    assert main(args + ["model.input_norm=none"]) == 0
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["iteration"] == recipe.joint.iterations
+
+
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
     import pfanet_cli.engine.train_joint as module  # the module whose loss is patched
 
