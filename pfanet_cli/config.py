@@ -67,6 +67,9 @@ class ModelConfig:
     last_stride: Literal[1, 2] = _key(1, help="stride of layer4 (1 gives an 18x9 map at 288x144)")
     bng: bool = _key(True, help="BNG attention: NAM gate in every block + GAM after every stage")
     bng_form: Literal["residual", "plain"] = _key("residual", help="GAM applied as x*(1+M) or x*M")
+    nam_gated: Literal["bn_output", "bn_input"] = _key(
+        "bn_output", help="what the NAM gate sigmoid(w*BN(x)) multiplies: BN(x), keeping the block's pretrained BN, "
+                          "or x itself (NAM's module, SPEC's formula)")
     gam_ratio: int = _key(4, _at_least(1), "GAM channel reduction ratio")
     gam_groups: int = _key(4, _at_least(1), "groups of GAM's spatial 7x7 convs (with channel shuffle)")
     mmm: bool = _key(True, help="modal mitigation module after layer3 and layer4")
@@ -135,6 +138,9 @@ class JointConfig:
     triplet_margin: float | None = _key(None, help="triplet margin (default 1.0 cosine, 0.3 euclidean)")
     triplet_feature: Literal["embedding", "pooled"] = _key(
         "embedding", help="what the triplet sees: the embedder output, or v (GAP, the test feature)")
+    fake_anchor_negatives: Literal["real", "fake"] = _key(
+        "real", help="where the triplet term anchored on fake IR mines its negatives: among the real IR (AlignGAN) or "
+                     "among the fake IR (eqs. 14/15 read literally, L_tri(X'ir, X_ir, X'ir))")
     mismatch_pair: bool = _key(False, help="AlignGAN's mismatched-identity pair as an extra fake for D_I")
     validate_every: int = _key(0, _non_negative, "iterations between validations on the prepared 'val' split "
                                                  "(keeps best.pt by val mAP; 0 = off)")

@@ -167,8 +167,17 @@ class JointTrainer(StageTrainer):
             self.selection.load_state_dict(state["selection"])
 
     # --- losses -------------------------------------------------------------------------------------
-    def _triplet(self, anchors: torch.Tensor, others: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _triplet(self, anchors: Tensor, others: Tensor, labels: Tensor) -> Tensor:
+        """``L_tri(anchors, others, others)``: positives and negatives mined in the other set."""
         return cross_modality_triplet(anchors, labels, others, labels, self.margin, self.recipe.joint.triplet_distance)
+
+    def _fake_anchor_triplet(self, fakes: Tensor, reals: Tensor, labels: Tensor) -> Tensor:
+        """The term anchored on fake IR: ``L_tri(X'_ir, X_ir, X_ir)``, or ``L_tri(X'_ir, X_ir, X'_ir)`` with
+        ``joint.fake_anchor_negatives: fake``."""
+        if self.recipe.joint.fake_anchor_negatives == "real":
+            return self._triplet(fakes, reals, labels)
+        return cross_modality_triplet(fakes, labels, reals, labels, self.margin, self.recipe.joint.triplet_distance,
+                                      negatives=fakes, negative_labels=labels)
 
     def _triplet_vectors(self, out: ExtractorOutput) -> torch.Tensor:
         """The vectors the triplet compares (``joint.triplet_feature``): the embedding or v itself."""
@@ -203,7 +212,7 @@ class JointTrainer(StageTrainer):
                 labels = batch.labels
                 ce = identity_cross_entropy(out.logits, torch.cat([labels, labels]))
                 triplet = (self._triplet(real_vectors, fake_vectors, labels)
-                           + self._triplet(fake_vectors, real_vectors, labels))
+                           + self._fake_anchor_triplet(fake_vectors, real_vectors, labels))
                 loss = weights.cls_feat * ce + weights.tri_feat * triplet
                 losses = {"f_ce": ce.detach(), "f_tri": triplet.detach()}
                 if adversarial is not None:
@@ -237,7 +246,7 @@ class JointTrainer(StageTrainer):
                     pixel = pixel + gan.identity_weight * identity
                 ce = identity_cross_entropy(fake_out.logits, labels)
                 fake_vectors, real_vectors = self._triplet_vectors(fake_out), self._triplet_vectors(real_out)
-                triplet = 0.5 * (self._triplet(fake_vectors, real_vectors, labels)
+                triplet = 0.5 * (self._fake_anchor_triplet(fake_vectors, real_vectors, labels)
                                  + self._triplet(real_vectors, fake_vectors, labels))
                 loss = generator_objective(weights, pixel, ce, triplet)
             optimise(loss, self.opts["generators"], self.scalers["generators"])

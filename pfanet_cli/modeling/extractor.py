@@ -74,7 +74,7 @@ class FeatureExtractor(nn.Module):
                     m.stride = (1, 1)
         for m in trunk.modules():
             if isinstance(m, (NAMBasicBlock, NAMBottleneck)):
-                m.nam = bool(config.bng)
+                m.nam, m.nam_gates_input = bool(config.bng), config.nam_gated == "bn_input"
         self.backbone = trunk
         self.backbone_name = config.backbone
         self.input_norm = config.input_norm

@@ -103,3 +103,25 @@ def test_lambda1_multiplies_the_whole_generator_loss(prepared, tmp_path):
     assert sum(float(g.abs().sum()) for g in full) > 0
     for a, b in zip(full, half):
         torch.testing.assert_close(b, 0.5 * a)
+
+
+@pytest.mark.parametrize("where", ["real", "fake"])
+def test_the_fake_anchored_triplet_mines_negatives_where_the_recipe_says(prepared, tmp_path, monkeypatch, where):
+    """``joint.fake_anchor_negatives``: both triplet terms of each step; the one anchored on fake IR takes its
+    negatives among the real IR (AlignGAN) or among the fake IR (eqs. 14/15 read literally)."""
+    import pfanet_cli.engine.train_joint as module  # the module whose triplet is watched
+
+    calls = []
+    original = module.cross_modality_triplet
+
+    def watched(anchors, labels, others, other_labels, margin, distance="cosine", negatives=None,
+                negative_labels=None):
+        calls.append((anchors, others, negatives))
+        return original(anchors, labels, others, other_labels, margin, distance, negatives, negative_labels)
+
+    monkeypatch.setattr(module, "cross_modality_triplet", watched)
+    trainer = joint_trainer(prepared, tmp_path, f"joint.fake_anchor_negatives={where}")
+    trainer.step("warmup", 1)
+    (real_anchor, fakes, default), (fake_anchor, reals, negatives) = calls
+    assert real_anchor is reals and fakes is fake_anchor and default is None
+    assert (negatives is None) if where == "real" else (negatives is fake_anchor)
