@@ -158,13 +158,14 @@ class JointTrainer(StageTrainer):
         return {"init_gan": self.init_gan_source or "unknown (resumed from a checkpoint that does not say)"}
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "init_gan": self.init_gan_source, "selection": self.selection.state_dict()}
+        return {**super().extra_state(), "init_gan": self.init_gan_source,
+                "best_validation": self.selection.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.init_gan_source = state.get("init_gan", "")
-        if "selection" in state:
-            self.selection.load_state_dict(state["selection"])
+        if "best_validation" in state:
+            self.selection.load_state_dict(state["best_validation"])
 
     # --- losses -------------------------------------------------------------------------------------
     def _triplet(self, anchors: Tensor, others: Tensor, labels: Tensor) -> Tensor:

@@ -165,7 +165,7 @@ def test_joint_checkpoints_from_before_the_gan_batch_and_input_norm_still_resume
     recipe = tiny(prepared, "train.deterministic=true", "model.input_norm=none")
     run_stage(JointTrainer, recipe, [], tmp_path / "run", None, show_progress=False, init_gan="none")
     payload = torch.load(tmp_path / "run/checkpoints/iter-000004.pt", weights_only=True)
-    for key in ("batch_sources", "init_gan", "selection"):
+    for key in ("batch_sources", "init_gan", "best_validation"):
         del payload["state"][key]
     del payload["architecture"]["input_norm"]
     torch.save(payload, tmp_path / "run/checkpoints/last.pt")
