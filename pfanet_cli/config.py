@@ -67,6 +67,9 @@ class ModelConfig:
     last_stride: Literal[1, 2] = _key(1, help="stride of layer4 (1 gives an 18x9 map at 288x144)")
     bng: bool = _key(True, help="BNG attention: NAM gate in every block + GAM after every stage")
     bng_form: Literal["residual", "plain"] = _key("residual", help="GAM applied as x*(1+M) or x*M")
+    nam_gated: Literal["bn_output", "bn_input"] = _key(
+        "bn_output", help="what the NAM gate sigmoid(w*BN(x)) multiplies: BN(x), keeping the block's pretrained BN, "
+                          "or x itself (NAM's module, SPEC's formula)")
     gam_ratio: int = _key(4, _at_least(1), "GAM channel reduction ratio")
     gam_groups: int = _key(4, _at_least(1), "groups of GAM's spatial 7x7 convs (with channel shuffle)")
     mmm: bool = _key(True, help="modal mitigation module after layer3 and layer4")
@@ -74,6 +77,9 @@ class ModelConfig:
     embed_dim: int = _key(256, _at_least(1), "embedder output size (triplet loss)")
     classifier_hidden: int = _key(256, _at_least(1), "classifier bottleneck size")
     dropout: float = _key(0.5, _unit_interval, "classifier dropout")
+    input_norm: Literal["imagenet", "none"] = _key(
+        "imagenet", help="F's input: 'imagenet' maps the [-1, 1] images to ImageNet mean/std inside F (what its "
+                         "ImageNet weights, AGW and AlignGAN's encoder expect); 'none' feeds [-1, 1] as it is")
     generator_channels: int = _key(64, _at_least(1), "G's first conv width (AlignGAN: 64)")
     generator_res_blocks: int = _key(4, _at_least(0), "G's residual blocks (AlignGAN: 4)")
     generator_skip: bool = _key(False, help="G adds a 1x1 conv of its input before the tanh: a full-resolution "
@@ -96,15 +102,22 @@ class GanConfig:
 
 
 @dataclass
+class GanBatchConfig:
+    ids_per_batch: int = _key(4, _at_least(2), "P of the G and D steps' own batch (AlignGAN: 4)")
+    images_per_id: int = _key(4, _at_least(1), "K of the G and D steps' own batch, per modality (AlignGAN: 4)")
+    pad: int = _key(0, _non_negative, "zero padding before the random crop of that batch (AlignGAN: none)")
+
+
+@dataclass
 class LossWeights:
-    gen_adv: float = _key(1.0, _non_negative, "lambda1: adversarial term of L_G")
+    gen_adv: float = _key(1.0, _non_negative, "lambda1: the whole L_G of eq. 16 (adversarial terms + omega x cycle)")
     disc: float = _key(1.0, _non_negative, "lambda2: L_D_I")
     cls_gan: float = _key(0.1, _non_negative, "lambda3: CE of F(G_I(x_rgb)) in the G step")
     tri_gan: float = _key(0.1, _non_negative, "lambda4: triplet of fake/real IR in the G step")
     cls_feat: float = _key(1.0, _non_negative, "lambda5: CE on real and fake IR in the F step")
     tri_feat: float = _key(1.0, _non_negative, "lambda6: cross-modality triplet in the F step")
     feat_adv: float = _key(0.1, _non_negative, "F step: LSGAN of D_I(x_ir, f(x'_ir)) towards real")
-    cycle: float = _key(10.0, _non_negative, "cycle L1 weight in the joint G step")
+    cycle: float = _key(10.0, _non_negative, "omega: cycle L1 weight inside L_G (eq. 7) in the joint G step")
 
 
 @dataclass
@@ -125,7 +138,14 @@ class JointConfig:
     triplet_margin: float | None = _key(None, help="triplet margin (default 1.0 cosine, 0.3 euclidean)")
     triplet_feature: Literal["embedding", "pooled"] = _key(
         "embedding", help="what the triplet sees: the embedder output, or v (GAP, the test feature)")
+    fake_anchor_negatives: Literal["real", "fake"] = _key(
+        "real", help="where the triplet term anchored on fake IR mines its negatives: among the real IR (AlignGAN) or "
+                     "among the fake IR (eqs. 14/15 read literally, L_tri(X'ir, X_ir, X'ir))")
     mismatch_pair: bool = _key(False, help="AlignGAN's mismatched-identity pair as an extra fake for D_I")
+    validate_every: int = _key(0, _non_negative, "iterations between validations on the prepared 'val' split "
+                                                 "(keeps best.pt by val mAP; 0 = off)")
+    validate_trials: int = _key(10, _at_least(1), "gallery trials of each validation")
+    gan_batch: GanBatchConfig = field(default_factory=GanBatchConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
     def resolved_margin(self) -> float:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pfanet_cli.config import ModelConfig, Recipe, load_recipe
+from pfanet_cli.data.prepare import prepare_sysu
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny_cpu.yaml"
@@ -83,6 +84,17 @@ def make_regdb_tree(root: Path, ids: int = 4, per_modality: int = 3, trial: int 
     for (split, modality), rows in lines.items():
         (idx / f"{split}_{modality}_{trial}.txt").write_text("\n".join(rows) + "\n")
     return root
+
+
+def prepare_small(root: Path, train_split: str = "trainval",
+                  splits: dict[str, list[int]] | None = None) -> Path:
+    """Eight ids with 2-3 images in every camera, prepared at 64x32 under ``root/prep``; by default ids 1-5
+    train (``trainval``), or 1-4 train with the val id 5 kept apart (``train``), and ids 6-8 test."""
+    splits = splits or {"train": [1, 2, 3, 4], "val": [5], "test": [6, 7, 8]}
+    layout = {c: {pid: 2 + (pid + c) % 2 for pid in range(1, 9)} for c in range(1, 7)}
+    raw = make_sysu_tree(root / "raw", layout, splits, sizes=((64, 32), (80, 40)))
+    prepare_sysu(raw, root / "prep", height=64, width=32, workers=1, train_split=train_split)
+    return root / "prep"
 
 
 def small_config(**overrides) -> ModelConfig:

@@ -79,7 +79,9 @@ def train_joint_command(
     recipe: RecipeArgument,
     overrides: OverridesArgument = None,
     init_gan: Annotated[
-        Optional[Path], typer.Option("--init-gan", help="train-gan checkpoint to start G_I and G_R from")
+        Optional[str], typer.Option(
+            "--init-gan", help="train-gan checkpoint to start G_I and G_R from, or 'none' for random generators "
+                               "(warned) \\[default: the newest finished train-gan run of the recipe]")
     ] = None,
     out: OutOption = None,
     resume: ResumeOption = None,

@@ -28,6 +28,9 @@ from pfanet_cli.utils.atomic import atomic_write
 CHECKPOINT_FORMAT = "pfanet-checkpoint"
 CHECKPOINT_VERSION = 1
 STAGES = ("train-gan", "train-joint")
+ARCHITECTURE_BEFORE_THE_KEY = {"input_norm": "none"}
+"""``model`` keys added with a default other than the behaviour before them: a checkpoint written without the
+key was trained this way (F fed [-1, 1] images before ``model.input_norm`` existed)."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -125,9 +128,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def model_config_from_checkpoint(payload: dict[str, Any], path: Path) -> ModelConfig:
-    """The :class:`ModelConfig` stored in a checkpoint, validated like a recipe section."""
+    """The :class:`ModelConfig` stored in a checkpoint, validated like a recipe section (keys it lacks take the
+    value the code that wrote it used: :data:`ARCHITECTURE_BEFORE_THE_KEY`, else the default)."""
     try:
-        return build_recipe({"model": dict(payload["architecture"])}, str(path)).model
+        return build_recipe({"model": {**ARCHITECTURE_BEFORE_THE_KEY, **payload["architecture"]}}, str(path)).model
     except (UsageError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: stored architecture is not understood by pfanet {__version__} ({exc})") from exc
 

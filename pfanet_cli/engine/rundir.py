@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 import platform
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,8 +29,9 @@ LAST_NAME = "last.pt"
 
 
 NON_LOSS_KEYS = frozenset({"stage", "phase", "phase_order", "iteration", "global_iteration", "lr",
-                           "iterations_per_s", "images_per_s"})
-"""Keys of a ``metrics.jsonl`` row that are bookkeeping, not losses."""
+                           "iterations_per_s", "images_per_s", "val", "best"})
+"""Keys of a ``metrics.jsonl`` row that are bookkeeping, not losses (a validation row holds ``val``, its
+metrics, and ``best``, whether it chose ``best.pt``)."""
 
 
 def loss_values(row: dict[str, Any]) -> dict[str, float]:
@@ -196,3 +199,31 @@ def newest_checkpoint(root: Path, stages: Iterable[str], purpose: str) -> Path:
             "train first or pass --checkpoint"
         )
     return found[0]
+
+
+def read_run_info(run_path: Path) -> dict[str, Any]:
+    """The run's ``run.yaml`` (stage, recipe name, how it started), or {} when unreadable."""
+    try:
+        info = yaml.safe_load((Path(run_path) / "run.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def newest_finished_gan_checkpoint(root: Path, recipe_name: str) -> Path | None:
+    """``last.pt`` of the newest train-gan run of recipe ``recipe_name`` under ``root`` that trained all of its
+    ``gan.iterations``, or None. The checkpoint is memory-mapped to read its iteration, its tensors are not."""
+    for last in find_checkpoints(root, ("train-gan",)):
+        if read_run_info(last.parent.parent).get("recipe") == recipe_name and _gan_finished(last):
+            return last
+    return None
+
+
+def _gan_finished(checkpoint: Path) -> bool:
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        wanted = int(payload["recipe"]["gan"]["iterations"])
+        return payload["stage"] == "train-gan" and int(payload["iteration"]) >= wanted
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
+            TypeError):
+        return False

@@ -17,6 +17,7 @@ from pfanet_cli.engine.trainer import Phase, StageParts, StageTrainer
 from pfanet_cli.modeling.build import (
     DISC_IR,
     DISC_RGB,
+    GAN_ARCHITECTURE,
     GENERATOR_IR2RGB,
     GENERATOR_RGB2IR,
     STAGE_NETWORKS,
@@ -30,6 +31,9 @@ class GanTrainer(StageTrainer):
 
     def phases(self) -> list[Phase]:
         return [Phase("gan", self.recipe.gan.iterations)]
+
+    def architecture_keys(self) -> tuple[str, ...]:
+        return GAN_ARCHITECTURE
 
     def build(self, fresh: bool) -> StageParts:
         gan = self.recipe.gan

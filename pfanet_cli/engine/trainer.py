@@ -56,6 +56,10 @@ from pfanet_cli.utils.console import console, progress_bar
 from pfanet_cli.utils.plots import save_image_grid
 
 
+STREAM_SEED_STEP = 7919
+"""Seed distance between the batch sources of one stage (``StageTrainer.batch_source``'s ``stream``)."""
+
+
 @dataclass
 class Phase:
     name: str
@@ -70,8 +74,11 @@ class StageParts:
     """By checkpoint key (``modeling.build``), on the device, possibly DDP-wrapped."""
     optimizers: dict[str, torch.optim.Optimizer]
     batches: BatchSource
+    """The stage's main batches (what ``images_per_iteration`` counts; ``state["batches"]`` of a checkpoint)."""
     schedulers: dict[str, Any] = field(default_factory=dict)
     pools: dict[str, ImagePool] = field(default_factory=dict)
+    batch_sources: dict[str, BatchSource] = field(default_factory=dict)
+    """Further batch sources by name, each drawing its own batches (``state["batch_sources"]``)."""
 
 
 class StageTrainer:
@@ -91,7 +98,7 @@ class StageTrainer:
         self.last_images: list[torch.Tensor] = []
         parts = self.build(fresh)
         self.nets, self.opts, self.scheds = parts.networks, parts.optimizers, parts.schedulers
-        self.batches, self.pools = parts.batches, parts.pools
+        self.batches, self.pools, self.batch_sources = parts.batches, parts.pools, parts.batch_sources
         self.scalers = make_scalers(device, recipe.train.amp, tuple(self.opts))
 
     # --- what a stage provides -------------------------------------------------------------------
@@ -107,6 +114,18 @@ class StageTrainer:
         """One training iteration; returns the (detached) losses to log."""
         raise NotImplementedError
 
+    def end_of_iteration(self, phase: Phase, last: bool) -> None:
+        """Runs after an iteration is logged and before its checkpoint (``last``: the stage's final
+        iteration); e.g. validation. Nothing by default."""
+
+    def architecture_keys(self) -> tuple[str, ...] | None:
+        """The ``model`` keys a resumed checkpoint must share with the recipe (None: all of them)."""
+        return None
+
+    def run_info(self) -> dict[str, Any]:
+        """Extra entries of the run's ``run.yaml`` (how the stage started)."""
+        return {}
+
     # --- helpers for build() -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.recipe.train.amp)
@@ -119,9 +138,10 @@ class StageTrainer:
                                   sync_bn=train.sync_bn and key in sync_bn)
                 for key, net in networks.items()}
 
-    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int) -> BatchSource:
-        """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors)."""
-        seed, rank = self.recipe.train.seed, self.distributed.rank
+    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0) -> BatchSource:
+        """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors).
+        Sources of one stage with different ``stream`` numbers draw different identities and augmentations."""
+        seed, rank = self.recipe.train.seed + STREAM_SEED_STEP * stream, self.distributed.rank
         sampler = IdentityAlignedSampler(self.split.labels, self.split.is_ir, ids_per_batch, images_per_id, seed,
                                          rank, self.distributed.world_size, key=key)
         return BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
@@ -136,11 +156,16 @@ class StageTrainer:
 
     def extra_state(self) -> dict[str, Any]:
         return {"batches": self.batches.state_dict(),
+                "batch_sources": {key: source.state_dict() for key, source in self.batch_sources.items()},
                 "pools": {key: pool.state_dict() for key, pool in self.pools.items()},
                 "scalers": {key: scaler.state_dict() for key, scaler in self.scalers.items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.batches.load_state_dict(state["batches"])
+        # checkpoints written before a stage had further sources hold none: those start from their seed
+        for key, source in self.batch_sources.items():
+            if key in state.get("batch_sources", {}):
+                source.load_state_dict(state["batch_sources"][key])
         # train-joint checkpoints written before the engine/ layout kept their one pool as "pool_rgb"
         pools = state["pools"] if "pools" in state else {"rgb": state["pool_rgb"]}
         for key, pool in self.pools.items():
@@ -176,7 +201,7 @@ class StageTrainer:
         """Continue from ``path``: weights, optimizers, schedulers, RNG, sampler, phase, iteration."""
         payload = load_checkpoint(path)
         require_stage(payload, path, (self.stage,), f"resuming {self.stage}")
-        check_architecture(payload, path, self.architecture())
+        check_architecture(payload, path, self.architecture(), self.architecture_keys())
         for key, net in self.nets.items():
             load_network_state(unwrap(net), payload["networks"][key], key, path)
         for key, opt in self.opts.items():
@@ -249,8 +274,15 @@ class StageTrainer:
         if self.distributed.is_main and (global_iteration % train.sample_every == 0 or done):
             name = f"{self.stage}-{phase.name}-{self.iteration:06d}.png"
             save_sample_grid(self.run.samples / name, self.last_images)
+        self.end_of_iteration(phase, last=done and self.phase_index + 1 == len(self.phases()))
         if global_iteration % train.checkpoint_every == 0:
             self.write_checkpoint(keep=True)
+
+    def write_selected_checkpoint(self, path: Path, selection: dict[str, Any]) -> None:
+        """Rank 0 writes the current state to ``path`` with a ``"selection"`` entry saying how it was chosen
+        (``last.pt`` and the kept ``iter-N.pt`` have none)."""
+        if self.distributed.is_main:
+            save_checkpoint(path, {**self.checkpoint_payload(), "selection": selection})
 
     def learning_rates(self) -> dict[str, float]:
         return {f"{key}.{i}": group["lr"] for key, opt in self.opts.items()
@@ -361,7 +393,7 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
     if resume_from is not None:
         trainer.restore(resume_from)
     if distributed.is_main:
-        initialise_run(run, recipe, trainer_class.stage, overrides, str(device))
+        initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
         ranks = f" x {distributed.world_size} processes" if distributed.enabled else ""
         console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks} -> {run.path}")
     checkpoint = trainer.run_training()

@@ -18,26 +18,30 @@ def nam_channel_weights(bn: nn.Module) -> Tensor:
     return gamma / gamma.sum().clamp_min(1e-12)
 
 
-def nam_gate(y: Tensor, bn: nn.Module) -> Tensor:
-    """NAM channel gate on the output ``y = BN(x)`` of ``bn``: ``sigmoid(w ⊙ y) ⊙ y``.
+def nam_gate(y: Tensor, bn: nn.Module, gated: Tensor | None = None) -> Tensor:
+    """NAM channel gate on the output ``y = BN(x)`` of ``bn``: ``sigmoid(w ⊙ y) ⊙ y``, or ``sigmoid(w ⊙ y) ⊙ x``
+    when the BN input ``x`` is given as ``gated`` (``model.nam_gated: bn_input``, NAM's own module and SPEC's
+    formula).
 
-    The gated tensor is the BN *output* (see docs/model.md): the BN is the block's own (pretrained) last BN, so
-    gating its input instead would throw away the block's learned scale and shift."""
+    By default the gated tensor is the BN *output* (see docs/model.md): the BN is the block's own (pretrained) last
+    BN, so gating its input instead would throw away the block's learned scale and shift."""
     w = nam_channel_weights(bn).to(y.dtype).reshape(1, -1, 1, 1)
-    return torch.sigmoid(w * y) * y
+    return torch.sigmoid(w * y) * (y if gated is None else gated)
 
 
 class NAMBasicBlock(tv_resnet.BasicBlock):
     """torchvision BasicBlock with the NAM gate after ``bn2`` (its last BN), before the skip add."""
 
     nam = False
+    nam_gates_input = False
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        branch = self.conv2(out)
+        out = self.bn2(branch)
         if self.nam:
-            out = nam_gate(out, self.bn2)
+            out = nam_gate(out, self.bn2, branch if self.nam_gates_input else None)
         return self.relu(out + identity)
 
 
@@ -45,14 +49,16 @@ class NAMBottleneck(tv_resnet.Bottleneck):
     """torchvision Bottleneck with the NAM gate after ``bn3`` (its last BN), before the skip add."""
 
     nam = False
+    nam_gates_input = False
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        branch = self.conv3(out)
+        out = self.bn3(branch)
         if self.nam:
-            out = nam_gate(out, self.bn3)
+            out = nam_gate(out, self.bn3, branch if self.nam_gates_input else None)
         return self.relu(out + identity)
 
 

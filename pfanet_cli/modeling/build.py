@@ -67,6 +67,10 @@ NETWORK_KEYS = tuple(NETWORKS)
 GENERATOR_KEYS = (GENERATOR_RGB2IR, GENERATOR_IR2RGB)
 STAGE_NETWORKS = {"train-gan": (GENERATOR_RGB2IR, GENERATOR_IR2RGB, DISC_RGB, DISC_IR), "train-joint": NETWORK_KEYS}
 """The networks each training stage builds and checkpoints."""
+GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks", "generator_skip")
+"""The ``model`` keys G_I and G_R are built from."""
+GAN_ARCHITECTURE = GENERATOR_ARCHITECTURE + ("disc_channels",)
+"""The ``model`` keys train-gan's networks are built from (F's keys do not concern it)."""
 
 
 def build_networks(config: ModelConfig, num_classes: int, joint_discriminator: bool, load_pretrained: bool = True,

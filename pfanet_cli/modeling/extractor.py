@@ -22,6 +22,11 @@ BACKBONES: dict[str, tuple[type[nn.Module], list[int], int]] = {
 }
 """Backbone name -> (residual block, blocks per stage, channel expansion)."""
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The per-channel statistics torchvision's ImageNet weights were trained with (images in [0, 1])."""
+
+
 
 def feature_channels(backbone: str) -> int:
     """Channels of F's final feature map: 2048 for ResNet-50, 512 for ResNet-18/34."""
@@ -69,9 +74,15 @@ class FeatureExtractor(nn.Module):
                     m.stride = (1, 1)
         for m in trunk.modules():
             if isinstance(m, (NAMBasicBlock, NAMBottleneck)):
-                m.nam = bool(config.bng)
+                m.nam, m.nam_gates_input = bool(config.bng), config.nam_gated == "bn_input"
         self.backbone = trunk
         self.backbone_name = config.backbone
+        self.input_norm = config.input_norm
+        # ((x + 1) / 2 - mean) / std as one multiply-add; not in the state dict, so checkpoints are unchanged
+        std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+        self.register_buffer("input_scale", 0.5 / std, persistent=False)
+        self.register_buffer("input_shift", (0.5 - torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)) / std,
+                             persistent=False)
         self.num_classes = num_classes
         stage_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
         self.stage_channels = stage_channels
@@ -104,10 +115,18 @@ class FeatureExtractor(nn.Module):
         nn.init.normal_(self.classifier[4].weight, 0.0, 0.001)
         nn.init.zeros_(self.classifier[4].bias)
 
+    def normalise_input(self, x: Tensor) -> Tensor:
+        """F's input from the [-1, 1] images G and D work on: ImageNet mean/std (``model.input_norm: imagenet``)
+        or unchanged (``none``)."""
+        if self.input_norm == "none":
+            return x
+        return x * self.input_scale + self.input_shift
+
     def feature_map(self, x: Tensor) -> Tensor:
-        """The final feature map (after layer4 + GAM + MMM); what the joint discriminator sees."""
+        """The final feature map (after layer4 + GAM + MMM) of [-1, 1] images; what the joint discriminator
+        sees."""
         t = self.backbone
-        x = t.stem(x)
+        x = t.stem(self.normalise_input(x))
         x = self.gam1(t.layer1(x))
         x = self.gam2(t.layer2(x))
         x = self.mmm3(self.gam3(t.layer3(x)))

@@ -53,25 +53,32 @@ def cross_modality_triplet(
     other_labels: Tensor,
     margin: float,
     distance: str = "cosine",
+    negatives: Tensor | None = None,
+    negative_labels: Tensor | None = None,
 ) -> Tensor:
-    """Batch-hard cross-modality triplet loss ``L_tri(anchors, others, others)``.
+    """Batch-hard cross-modality triplet loss ``L_tri(anchors, others, others)``, or ``L_tri(anchors, others,
+    negatives)`` when a negative set is given.
 
-    For every anchor, the hardest positive (farthest sample of the same identity) and the hardest negative
-    (closest sample of another identity) are mined in ``others`` (the other modality, never the anchors' own set);
-    the loss is the mean of ``relu(d_ap − d_an + margin)``. With ``distance="cosine"`` (AlignGAN, margin 1.0)
-    ``d = 1 − cos``; with ``"euclidean"`` (margin 0.3) the L2 distance. Anchors that have no positive or no
-    negative in ``others`` are left out of the mean (zero loss, still in the graph, when none qualifies)."""
-    if anchors.dim() != 2 or others.dim() != 2 or anchors.shape[1] != others.shape[1]:
-        raise ValueError(
-            f"triplet: anchors and others must be N×D and M×D, got {tuple(anchors.shape)} and {tuple(others.shape)}"
-        )
-    if anchor_labels.shape != (anchors.shape[0],) or other_labels.shape != (others.shape[0],):
+    For every anchor, the hardest positive (farthest sample of the same identity) is mined in ``others`` (the
+    other modality, never the anchors' own set) and the hardest negative (closest sample of another identity) in
+    ``negatives`` (default: ``others`` too); the loss is the mean of ``relu(d_ap − d_an + margin)``. With
+    ``distance="cosine"`` (AlignGAN, margin 1.0) ``d = 1 − cos``; with ``"euclidean"`` (margin 0.3) the L2
+    distance. Anchors that have no positive or no negative are left out of the mean (zero loss, still in the
+    graph, when none qualifies)."""
+    if negatives is None:
+        negatives, negative_labels = others, other_labels
+    for name, samples in (("others", others), ("negatives", negatives)):
+        if anchors.dim() != 2 or samples.dim() != 2 or anchors.shape[1] != samples.shape[1]:
+            raise ValueError(f"triplet: anchors and {name} must be N×D and M×D, got {tuple(anchors.shape)} and "
+                             f"{tuple(samples.shape)}")
+    if (anchor_labels.shape != (anchors.shape[0],) or other_labels.shape != (others.shape[0],)
+            or negative_labels is None or negative_labels.shape != (negatives.shape[0],)):
         raise ValueError("triplet: one label per anchor and per other sample is needed")
-    dist = pairwise_distance(anchors, others, distance)
     positive = anchor_labels.reshape(-1, 1) == other_labels.reshape(1, -1)
-    hardest_positive = dist.masked_fill(~positive, float("-inf")).amax(dim=1)
-    hardest_negative = dist.masked_fill(positive, float("inf")).amin(dim=1)
-    valid = positive.any(dim=1) & (~positive).any(dim=1)
+    negative = anchor_labels.reshape(-1, 1) != negative_labels.reshape(1, -1)
+    hardest_positive = pairwise_distance(anchors, others, distance).masked_fill(~positive, float("-inf")).amax(dim=1)
+    hardest_negative = pairwise_distance(anchors, negatives, distance).masked_fill(~negative, float("inf")).amin(1)
+    valid = positive.any(dim=1) & negative.any(dim=1)
     per_anchor = F.relu(hardest_positive - hardest_negative + margin)
     per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
     return per_anchor.sum() / valid.sum().clamp_min(1)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from pfanet_cli.cli import main
-from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data.prepared import open_prepared
 from pfanet_cli.engine.checkpoint import load_checkpoint
 from pfanet_cli.engine.rundir import RunDir
@@ -20,18 +19,7 @@ from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
 from pfanet_cli.errors import TrainingDiverged
-from tests.helpers import TINY, make_sysu_tree, tiny, weights
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """Five train ids and three test ids with images in every camera, prepared at 64x32."""
-    root = tmp_path_factory.mktemp("data")
-    layout = {c: {pid: 2 + (pid + c) % 2 for pid in range(1, 9)} for c in range(1, 7)}
-    raw = make_sysu_tree(root / "raw", layout, {"train": [1, 2, 3, 4], "val": [5], "test": [6, 7, 8]},
-                         sizes=((64, 32), (80, 40)))
-    prepare_sysu(raw, root / "prep", height=64, width=32, workers=1)
-    return root / "prep"
+from tests.helpers import TINY, tiny, weights
 
 
 def test_gan_then_joint_write_runs_and_contract_checkpoints(prepared, tmp_path):
@@ -82,13 +70,14 @@ def interrupt_at(monkeypatch, trainer_class, iteration_to_fail: int, phase: str)
 def test_resume_reproduces_an_uninterrupted_run(prepared, tmp_path, monkeypatch, trainer_class, stop_phase,
                                                 stop_iteration):
     recipe = tiny(prepared, "train.deterministic=true", "model.dropout=0.5")
-    straight = run_stage(trainer_class, recipe, [], tmp_path / "straight", None, show_progress=False)
+    options = {"init_gan": "none"} if trainer_class is JointTrainer else {}
+    straight = run_stage(trainer_class, recipe, [], tmp_path / "straight", None, show_progress=False, **options)
     with monkeypatch.context() as patch:
         interrupt_at(patch, trainer_class, stop_iteration, stop_phase)
         with pytest.raises(KeyboardInterrupt):
-            run_stage(trainer_class, recipe, [], tmp_path / "resumed", None, show_progress=False)
+            run_stage(trainer_class, recipe, [], tmp_path / "resumed", None, show_progress=False, **options)
     assert (tmp_path / "resumed/checkpoints/last.pt").is_file()
-    resumed = run_stage(trainer_class, recipe, [], tmp_path / "resumed", "auto", show_progress=False)
+    resumed = run_stage(trainer_class, recipe, [], tmp_path / "resumed", "auto", show_progress=False, **options)
     expected, got = weights(straight.checkpoint), weights(resumed.checkpoint)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -98,18 +87,23 @@ def test_resume_reproduces_an_uninterrupted_run(prepared, tmp_path, monkeypatch,
     assert rows == [(r["phase"], r["iteration"]) for r in straight.run.read_metrics()]
 
 
+def joint_trainer(prepared: Path, tmp_path: Path, *overrides: str) -> JointTrainer:
+    """A train-joint trainer on the tiny recipe with random generators, outside a run."""
+    return JointTrainer(tiny(prepared, *overrides), RunDir(tmp_path / "r"), open_prepared(prepared),
+                        torch.device("cpu"), Distributed(), show_progress=False, init_gan="none")
+
+
 def test_f_step_leaves_g_alone_and_g_step_gets_reid_gradients(prepared, tmp_path):
-    recipe = tiny(prepared, "joint.loss.gen_adv=0", "joint.loss.cycle=0")
-    trainer = JointTrainer(recipe, RunDir(tmp_path / "r"), open_prepared(prepared), torch.device("cpu"),
-                           Distributed(), show_progress=False)
+    trainer = joint_trainer(prepared, tmp_path, "joint.loss.gen_adv=0")
     generator = trainer.nets["generator_rgb2ir"]
-    batch = trainer.batches.next()
-    _, real_out = trainer.feature_step(batch, adversarial=True)
+    batch, gan_batch = trainer.batches.next(), trainer.batch_sources["gan"].next()
+    fake_ir = generator(gan_batch.rgb)
+    trainer.feature_step(batch, adversarial=(gan_batch.ir, fake_ir.detach()))
     assert all(p.grad is None for p in generator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.nets["extractor"].parameters())
 
     before = [p.detach().clone() for p in generator.parameters()]
-    trainer.generator_step(batch, real_out)
+    trainer.generator_step(gan_batch, fake_ir)
     grads = [p.grad for p in generator.parameters()]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
     assert any(not torch.equal(b, p) for b, p in zip(before, generator.parameters()))
@@ -154,14 +148,32 @@ def test_checkpoints_from_before_a_new_model_key_still_resume(prepared, tmp_path
 def test_joint_checkpoints_with_the_pool_under_its_old_key_still_resume(prepared, tmp_path):
     """Before the engine/ layout, train-joint kept its image pool as state['pool_rgb'] (now state['pools'])."""
     recipe = tiny(prepared, "train.deterministic=true")
-    straight = run_stage(JointTrainer, recipe, [], tmp_path / "straight", None, show_progress=False)
-    run_stage(JointTrainer, recipe, [], tmp_path / "run", None, show_progress=False)
+    straight = run_stage(JointTrainer, recipe, [], tmp_path / "straight", None, show_progress=False, init_gan="none")
+    run_stage(JointTrainer, recipe, [], tmp_path / "run", None, show_progress=False, init_gan="none")
     payload = torch.load(tmp_path / "run/checkpoints/iter-000004.pt", weights_only=True)
     payload["state"]["pool_rgb"] = payload["state"].pop("pools")["rgb"]
     torch.save(payload, tmp_path / "run/checkpoints/last.pt")
     resumed = run_stage(JointTrainer, recipe, [], tmp_path / "run", "auto", show_progress=False)
     expected, got = weights(straight.checkpoint), weights(resumed.checkpoint)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_joint_checkpoints_from_before_the_gan_batch_and_input_norm_still_resume(prepared, tmp_path, capsys):
+    """A train-joint checkpoint written before the G/D batch, validation and ``model.input_norm`` existed: its
+    state holds one batch source and F was trained on [-1, 1] images, so it resumes with input_norm=none (the
+    G/D batch starts from its seed) and says which key differs otherwise."""
+    recipe = tiny(prepared, "train.deterministic=true", "model.input_norm=none")
+    run_stage(JointTrainer, recipe, [], tmp_path / "run", None, show_progress=False, init_gan="none")
+    payload = torch.load(tmp_path / "run/checkpoints/iter-000004.pt", weights_only=True)
+    for key in ("batch_sources", "init_gan", "best_validation"):
+        del payload["state"][key]
+    del payload["architecture"]["input_norm"]
+    torch.save(payload, tmp_path / "run/checkpoints/last.pt")
+    args = ["train-joint", str(TINY), f"data.root={prepared}", "--out", str(tmp_path / "run"), "--resume", "auto"]
+    assert main(args) == 4
+    assert "model.input_norm: 'none' in the checkpoint, 'imagenet' requested" in capsys.readouterr().err
+    assert main(args + ["model.input_norm=none"]) == 0
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["iteration"] == recipe.joint.iterations
 
 
 def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
@@ -178,7 +190,7 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(prepa
     monkeypatch.setattr(module, "identity_cross_entropy", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss f_ce became nan at warmup iteration 3; stopped, the last good "
                                                r"checkpoint is .*last.pt"):
-        run_stage(JointTrainer, tiny(prepared), [], tmp_path / "run", None, show_progress=False)
+        run_stage(JointTrainer, tiny(prepared), [], tmp_path / "run", None, show_progress=False, init_gan="none")
     kept = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
     assert (kept["phase"], kept["iteration"]) == ("warmup", 2)
 
@@ -215,8 +227,8 @@ def test_recipe_and_data_size_mismatch(prepared, tmp_path, capsys):
 
 
 def test_too_many_ids_per_batch(prepared, tmp_path, capsys):
-    code = main(["train-joint", str(TINY), f"data.root={prepared}", "joint.ids_per_batch=9", "--out",
-                 str(tmp_path / "r")])
+    code = main(["train-joint", str(TINY), f"data.root={prepared}", "joint.ids_per_batch=9", "--init-gan", "none",
+                 "--out", str(tmp_path / "r")])
     assert code == 2
     assert "joint.ids_per_batch=9 x 1 process(es) needs 9 identities" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
 import torch
+import torchvision
 
 from pfanet_cli.cli import main
 from pfanet_cli.data.prepared import open_prepared
-from pfanet_cli.engine.checkpoint import restore_networks
+from pfanet_cli.engine.checkpoint import model_config_from_checkpoint, restore_networks
 from pfanet_cli.evaluation.extract import extract_folder, extract_split
+from pfanet_cli.modeling.extractor import FeatureExtractor
 from tests.helpers import error_line
 
 
@@ -35,6 +38,55 @@ def test_extract_computes_the_spec_feature(trained):
     plain = extract_split(trained["joint"], trained["prep"], translate=False)
     assert not np.allclose(plain.features[rows[0]], result.features[rows[0]])
     np.testing.assert_allclose(plain.features[rows[1]], result.features[rows[1]], atol=1e-6)
+
+
+def hand_made_features(extractor: torch.nn.Module, generator: torch.nn.Module, images: np.ndarray,
+                       is_rgb: list[bool], normalise: bool) -> np.ndarray:
+    """The SPEC test feature computed by hand with an F that does not normalise its input itself: [-1, 1]
+    images, RGB ones through G_I, then ImageNet mean/std (when ``normalise``) for F, flip-summed, L2-normalised."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        for row, rgb in enumerate(is_rgb):
+            if rgb:
+                x[row] = generator(x[row:row + 1])[0]
+        if normalise:
+            x = torchvision.transforms.functional.normalize((x + 1) / 2, mean, std)
+        v = extractor(x).pooled + extractor(torch.flip(x, dims=[3])).pooled
+        return torch.nn.functional.normalize(v, dim=1).numpy()
+
+
+def test_extract_gives_the_features_of_a_hand_made_imagenet_normalisation(trained):
+    """The model's F normalises its input (``model.input_norm: imagenet``, as in training); the same weights in an F
+    that does not, fed by hand-normalised images, give the same features."""
+    result = extract_split(trained["joint"], trained["prep"])
+    nets, payload = restore_networks(trained["joint"], ["extractor", "generator_rgb2ir"], "test")
+    assert payload["architecture"]["input_norm"] == "imagenet"
+    config = model_config_from_checkpoint(payload, trained["joint"])
+    plain = FeatureExtractor(int(payload["num_classes"]), dataclasses.replace(config, input_norm="none"))
+    plain.load_state_dict(nets["extractor"].state_dict())
+    plain.eval()
+    test = open_prepared(trained["prep"]).split("test")
+    rows = [int(np.flatnonzero(~test.is_ir)[0]), int(np.flatnonzero(test.is_ir)[0])]
+    expected = hand_made_features(plain, nets["generator_rgb2ir"], test.images[rows], [True, False], normalise=True)
+    np.testing.assert_allclose(result.features[rows], expected, atol=1e-5)
+    unnormalised = hand_made_features(plain, nets["generator_rgb2ir"], test.images[rows], [True, False], False)
+    assert not np.allclose(result.features[rows], unnormalised, atol=1e-3)
+
+
+def test_a_checkpoint_from_before_input_norm_still_feeds_f_unnormalised_images(trained, tmp_path):
+    """Checkpoints written before ``model.input_norm`` existed trained F on [-1, 1]: they load as ``none``."""
+    payload = torch.load(trained["joint"], weights_only=True)
+    del payload["architecture"]["input_norm"]
+    torch.save(payload, tmp_path / "old.pt")
+    nets, _ = restore_networks(tmp_path / "old.pt", ["extractor", "generator_rgb2ir"], "test")
+    assert nets["extractor"].input_norm == "none"
+    result = extract_split(tmp_path / "old.pt", trained["prep"])
+    test = open_prepared(trained["prep"]).split("test")
+    rows = [int(np.flatnonzero(~test.is_ir)[0]), int(np.flatnonzero(test.is_ir)[0])]
+    expected = hand_made_features(nets["extractor"], nets["generator_rgb2ir"], test.images[rows], [True, False],
+                                  normalise=False)
+    np.testing.assert_allclose(result.features[rows], expected, atol=1e-5)
 
 
 def test_extract_image_folder_reads_identities_from_paths(trained, tmp_path):

@@ -79,6 +79,28 @@ def test_nam_gate_sits_after_the_last_bn_of_every_block():
     assert not any(isinstance(m, GlobalAttention) for m in off.modules())
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_nam_gate_can_multiply_the_bn_input_instead(backbone):
+    """``model.nam_gated: bn_input``: out = sigmoid(w ⊙ BN(x)) ⊙ x with x the last conv's output (NAM's module)."""
+    torch.manual_seed(0)
+    f = FeatureExtractor(3, small_config(backbone=backbone, nam_gated="bn_input"))
+    block = f.backbone.layer1[0].eval()
+    last_bn = block.bn3 if backbone == "resnet50" else block.bn2
+    with torch.no_grad():
+        last_bn.weight.uniform_(-2, 2)
+        x = torch.randn(2, block.conv1.in_channels, 8, 4)
+        out = block.relu(block.bn1(block.conv1(x)))
+        if backbone == "resnet50":
+            out = block.relu(block.bn2(block.conv2(out)))
+        branch = (block.conv3 if backbone == "resnet50" else block.conv2)(out)
+        w = (last_bn.weight.abs() / last_bn.weight.abs().sum()).reshape(1, -1, 1, 1)
+        identity = x if block.downsample is None else block.downsample(x)
+        expected = F.relu(torch.sigmoid(w * last_bn(branch)) * branch + identity)
+        assert torch.allclose(block(x), expected, atol=1e-5)
+        block.nam_gates_input = False
+        assert not torch.allclose(block(x), expected, atol=1e-3)
+
+
 def test_nam_bottleneck_gates_bn3(resnet50_models):
     torch.manual_seed(0)
     block = copy.deepcopy(resnet50_models[1].backbone.layer1[1]).eval()

@@ -74,6 +74,26 @@ def test_channels_last_input_gives_the_same_output():
     assert torch.allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("input_norm", ["imagenet", "none"])
+def test_the_first_convolution_sees_imagenet_statistics_or_the_images_as_given(input_norm):
+    """``model.input_norm: imagenet``: F maps G's [-1, 1] images to what torchvision's ImageNet weights were trained
+    on, ``Normalize(mean, std)`` of the [0, 1] image; ``none`` feeds them unchanged."""
+    torch.manual_seed(0)
+    f = FeatureExtractor(5, small_config(input_norm=input_norm))
+    seen = []
+    f.backbone.conv1.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = torch.rand(2, 3, *SMALL) * 2 - 1
+    f(x)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    expected = torchvision.transforms.functional.normalize((x + 1) / 2, mean, std) if input_norm == "imagenet" else x
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_input_normalisation_leaves_the_state_dict_and_parameters_alone():
+    a, b = FeatureExtractor(5, small_config()), FeatureExtractor(5, small_config(input_norm="none"))
+    assert a.state_dict().keys() == b.state_dict().keys() and count_parameters(a) == count_parameters(b)
+
+
 # ---------------------------------------------------------------------------------------- parameter counts
 
 

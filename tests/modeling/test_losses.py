@@ -86,6 +86,32 @@ def test_triplet_mines_only_in_the_other_set():
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def reference_triplet(anchors, anchor_labels, positives, positive_labels, negatives, negative_labels, margin):
+    """Batch-hard triplet with cosine distance, one anchor at a time."""
+    terms = []
+    for a, label in zip(anchors, anchor_labels):
+        d_pos = [1 - torch.cosine_similarity(a, p, dim=0) for p, lp in zip(positives, positive_labels) if lp == label]
+        d_neg = [1 - torch.cosine_similarity(a, n, dim=0) for n, ln in zip(negatives, negative_labels) if ln != label]
+        if d_pos and d_neg:
+            terms.append(torch.relu(max(d_pos) - min(d_neg) + margin))
+    return sum(terms) / max(len(terms), 1)
+
+
+def test_triplet_mines_negatives_in_a_set_of_their_own_when_given():
+    """``L_tri(X'_ir, X_ir, X'_ir)`` read literally (eqs. 14/15): positives in the other set, negatives among the
+    anchors' own set (an anchor is never its own negative: same identity)."""
+    torch.manual_seed(0)
+    fake, real = torch.randn(6, 5), torch.randn(6, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    own = cross_modality_triplet(fake, labels, real, labels, 1.0, negatives=fake, negative_labels=labels)
+    assert own.item() == pytest.approx(reference_triplet(fake, labels, real, labels, fake, labels, 1.0).item(),
+                                       abs=1e-6)
+    other = cross_modality_triplet(fake, labels, real, labels, 1.0)
+    assert other.item() == pytest.approx(reference_triplet(fake, labels, real, labels, real, labels, 1.0).item(),
+                                         abs=1e-6)
+    assert own.item() != pytest.approx(other.item(), abs=1e-4)
+
+
 def test_triplet_skips_anchors_without_positive_or_negative():
     anchors, anchor_labels, others, other_labels = _cosine_case()
     base = cross_modality_triplet(anchors, anchor_labels, others, other_labels, 1.0)
