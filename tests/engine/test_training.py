@@ -81,7 +81,9 @@ def interrupt_at(monkeypatch, trainer_class, iteration_to_fail: int, phase: str)
 )
 def test_resume_reproduces_an_uninterrupted_run(prepared, tmp_path, monkeypatch, trainer_class, stop_phase,
                                                 stop_iteration):
-    recipe = tiny(prepared, "train.deterministic=true", "model.dropout=0.5")
+    """With batches prepared 3 ahead on a background thread: a checkpoint holds the position after the
+    batches the steps used, not after the prepared ones."""
+    recipe = tiny(prepared, "train.deterministic=true", "model.dropout=0.5", "train.prefetch=3")
     straight = run_stage(trainer_class, recipe, [], tmp_path / "straight", None, show_progress=False)
     with monkeypatch.context() as patch:
         interrupt_at(patch, trainer_class, stop_iteration, stop_phase)
