@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 # the suite without the tests marked slow (torchrun, the demo end to end, the browser check)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# benchmarks/gpu.py on a CUDA machine (tiny recipe end to end, torchrun with one GPU, the paper
+# recipe's phases at full size; one JSON line); without CUDA it says so and exits 0
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

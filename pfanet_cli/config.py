@@ -158,7 +158,13 @@ class JointConfig:
 class TrainConfig:
     seed: int = _key(0, _non_negative, "random seed")
     device: Literal["auto", "cpu", "cuda"] = _key("auto", help="auto picks CUDA when available")
-    amp: Literal["off", "bf16", "fp16"] = _key("off", help="mixed precision (fp16 on CUDA only)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = _key(
+        "auto", help="autocast precision; auto: fp32 on CUDA (with train.tf32) and on CPUs without AMX-BF16, "
+                     "bf16 on CPUs with it; fp16 (with gradient scaling) on CUDA only")
+    tf32: bool = _key(True, help="allow TF32 matrix products and convolutions on CUDA (fp32 storage)")
+    compile: bool = _key(False, help="torch.compile F, G and D (compiled at their first call)")
+    prefetch: int = _key(2, _non_negative, "batches prepared ahead on a background thread (0: on the training "
+                                           "thread)")
     channels_last: bool = _key(True, help="channels-last memory format (faster convolutions on CPU and CUDA)")
     deterministic: bool = _key(False, help="deterministic algorithms (exact resume on CPU)")
     sync_bn: bool = _key(False, help="SyncBatchNorm under DDP")
@@ -208,10 +214,13 @@ def _unknown_key_error(key: str, source: str) -> UsageError:
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     """Check ``value`` against the field's type; numbers written as strings (PyYAML reads ``2e-4``
-    as a string) are accepted for float fields."""
+    as a string) are accepted for float fields, and ``false`` for a choice that has ``off`` (PyYAML
+    reads an unquoted ``off``, as in ``train.amp=off``, as false)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Literal:
+        if value is False and "off" in args:
+            return "off"
         if value not in args:
             choices = ", ".join(str(a) for a in args)
             raise UsageError(f"recipe key '{key}' in {source}: {value!r} is not one of {choices}")

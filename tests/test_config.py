@@ -120,3 +120,10 @@ def test_bundled_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert load_recipe("sysu_baseline").model.bng is False
     with pytest.raises(UsageError, match="bundled recipe: .*sysu_pfanet.yaml"):
         load_recipe("nope.yaml")
+
+
+def test_an_unquoted_off_is_the_choice_off():
+    """YAML reads ``off`` as false; ``train.amp=off`` on the command line means the choice."""
+    assert load_recipe(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(UsageError, match="train.amp.*True is not one of auto, off, bf16, fp16"):
+        load_recipe(None, ["train.amp=on"])

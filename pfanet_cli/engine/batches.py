@@ -1,15 +1,36 @@
 """Training batches: identity-aligned P x K batches of RGB and IR images from a prepared split,
-augmented on tensors and moved to the device, and CycleGAN's pool of earlier fakes."""
+prepared ahead of the training step and augmented where the networks run; and CycleGAN's pool of
+earlier fakes.
+
+A :class:`BatchSource` keeps ``prefetch`` batches ready on a background thread while the current
+step computes. Each batch's rows (sampler) and flips and crops (a CPU generator) are drawn in order
+on that thread; on a GPU only the uint8 rows are gathered on the host, into page-locked memory, and
+the copy, crop, flip and conversion to [-1, 1] run on a side CUDA stream that the training stream
+waits for; on the CPU the thread does all of it. The source remembers the sampler and generator
+state after the last batch it *handed out*, so a checkpoint resumes exactly there: batches that were
+prepared but not used are drawn again after a resume, as in an uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+import time
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pfanet_cli.data.augment import flip_and_crop, gather_uint8, to_unit_range
+from pfanet_cli.data.augment import (
+    crop_and_flip,
+    crop_rows_to_unit_range,
+    draw_crop_plan,
+    gather_rows,
+    to_unit_range,
+)
 from pfanet_cli.data.prepared import PreparedSplit
 from pfanet_cli.data.sampler import IdentityAlignedSampler
 
@@ -21,32 +42,192 @@ class Batch:
     labels: torch.Tensor
 
 
-class BatchSource:
-    """Identity-aligned batches from a prepared split, augmented on tensors and moved to ``device``."""
+@dataclass
+class _Prepared:
+    """A batch made ahead of use, the source's position after it, and (CUDA) the event its device
+    work records."""
 
-    def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, device: torch.device,
-                 flip: bool, pad: int, seed: int, channels_last: bool) -> None:
-        self.split, self.sampler, self.device = split, sampler, device
-        self.flip, self.pad = flip, pad
-        self.generator = torch.Generator().manual_seed(seed)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batch: Batch
+    position: dict[str, Any]
+    ready: Any = None
 
-    def next(self) -> Batch:
-        rgb_rows, ir_rows = self.sampler.next_batch()
-        images = gather_uint8(self.split.images, np.concatenate([rgb_rows, ir_rows]))
-        images = flip_and_crop(images, self.generator, self.flip, self.pad)
-        images = to_unit_range(images.to(self.device, non_blocking=True))
-        images = images.contiguous(memory_format=self.memory_format)
-        rgb, ir = images.split(len(rgb_rows))
-        labels = torch.from_numpy(self.split.labels[rgb_rows]).to(self.device)
-        return Batch(rgb, ir, labels)
 
-    def state_dict(self) -> dict[str, Any]:
+class _CudaSideStream:
+    """Runs the producer's device work on its own CUDA stream; the consumer's stream waits for it.
+
+    ``backend`` is ``torch.cuda`` (a stand-in in the CPU tests, which check the calls)."""
+
+    def __init__(self, device: torch.device, backend: Any = torch.cuda) -> None:
+        self.device, self.backend = device, backend
+        self.stream = backend.Stream(device=device)
+
+    def work(self) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.backend.device(self.device))
+        stack.enter_context(self.backend.stream(self.stream))
+        return stack
+
+    def record(self) -> Any:
+        event = self.backend.Event()
+        event.record(self.stream)
+        return event
+
+    def hand_over(self, prepared: _Prepared) -> None:
+        """Make the consumer's current stream wait for the batch, and tell the caching allocator that
+        the batch's memory (allocated on the side stream) is used there."""
+        current = self.backend.current_stream(self.device)
+        current.wait_event(prepared.ready)
+        for tensor in (prepared.batch.rgb, prepared.batch.ir, prepared.batch.labels):
+            tensor.record_stream(current)
+
+
+class _BatchMaker:
+    """Makes one batch at a time: rows from the sampler, a crop plan from the generator, then the
+    images on the device. Owns the sampler and generator while a prefetch thread runs."""
+
+    def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, generator: torch.Generator,
+                 device: torch.device, flip: bool, pad: int, channels_last: bool) -> None:
+        self.split, self.sampler, self.generator = split, sampler, generator
+        self.device, self.flip, self.pad = device, flip, pad
+        self.channels_last = channels_last
+        self.side_stream = _CudaSideStream(device) if device.type == "cuda" else None
+
+    def position(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "augment_rng": self.generator.get_state()}
 
+    def seek(self, position: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(position["sampler"])
+        self.generator.set_state(position["augment_rng"])
+
+    def make(self) -> _Prepared:
+        rgb_rows, ir_rows = self.sampler.next_batch()
+        rows = np.concatenate([rgb_rows, ir_rows])
+        plan = draw_crop_plan(len(rows), self.generator, self.flip, self.pad)
+        position = self.position()
+        labels = torch.from_numpy(self.split.labels[rgb_rows])
+        if self.side_stream is None:
+            images = torch.from_numpy(crop_rows_to_unit_range(self.split.images, rows, plan, self.pad))
+            return _Prepared(self._batch(images, labels, len(rgb_rows)), position)
+        host = gather_rows(self.split.images, rows, pin_memory=self.device.type == "cuda")
+        with self.side_stream.work():
+            images = host.to(self.device, non_blocking=True)
+            images = to_unit_range(crop_and_flip(images, plan.to(self.device), self.pad))
+            batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows))
+            return _Prepared(batch, position, self.side_stream.record())
+
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int) -> Batch:
+        """B×H×W×3 -> B×3×H×W, which is already channels-last in memory; made contiguous otherwise."""
+        images = images.permute(0, 3, 1, 2)
+        if not self.channels_last:
+            images = images.contiguous()
+        rgb, ir = images.split(rgb_count)
+        return Batch(rgb, ir, labels)
+
+    def hand_over(self, prepared: _Prepared) -> None:
+        if self.side_stream is not None:
+            self.side_stream.hand_over(prepared)
+
+
+class _Prefetcher:
+    """Calls ``produce`` on a daemon thread and keeps up to ``depth`` results queued, in order. An
+    exception raised by ``produce`` is handed to the consumer by :meth:`get`. Restartable."""
+
+    def __init__(self, produce: Callable[[], Any], depth: int, name: str) -> None:
+        self.produce, self.depth, self.name = produce, depth, name
+        self.thread: threading.Thread | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None
+
+    def start(self) -> None:
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = (self.produce(), None)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the consumer's thread
+                item = (None, error)
+            if not self._put(item) or item[1] is not None:
+                return
+
+    def _put(self, item: tuple[Any, BaseException | None]) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> Any:
+        result, error = self.queue.get()
+        if error is not None:
+            self.stop()
+            raise error
+        return result
+
+    def stop(self) -> None:
+        """Stop the thread (it finishes the batch it is making) and drop what it had prepared."""
+        if self.thread is None:
+            return
+        self.stopping.set()
+        if self.thread is threading.current_thread():
+            return  # a garbage collection on the thread itself finalised the source: it ends by itself
+        self.thread.join()
+        self.thread = None
+        self.queue = queue.Queue(maxsize=self.depth)
+
+
+class BatchSource:
+    """Identity-aligned batches from a prepared split, augmented and on ``device``: float [-1, 1],
+    channels-last when asked. ``prefetch`` batches are prepared ahead on a background thread (0: each
+    batch is made in :meth:`next`); :meth:`close` stops that thread (the trainer closes its sources).
+    ``wait_seconds`` is the time :meth:`next` has spent waiting for batches."""
+
+    def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, device: torch.device,
+                 flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0) -> None:
+        self.sampler, self.device = sampler, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last)
+        self._prefetcher = _Prefetcher(self._maker.make, max(prefetch, 1), name="pfanet-batches")
+        weakref.finalize(self, self._prefetcher.stop)  # the thread holds no reference to the source
+        self.prefetch = prefetch
+        self._position = self._maker.position()
+        self.wait_seconds = 0.0
+
+    def next(self) -> Batch:
+        started = time.perf_counter()
+        if self.prefetch == 0:
+            prepared = self._maker.make()
+        else:
+            if not self._prefetcher.running:
+                self._prefetcher.start()
+            prepared = self._prefetcher.get()
+        self.wait_seconds += time.perf_counter() - started
+        self._maker.hand_over(prepared)
+        self._position = prepared.position
+        return prepared.batch
+
+    def close(self) -> None:
+        """Stop the prefetch thread and rewind to the last batch handed out (a later :meth:`next`
+        starts again from there)."""
+        self._prefetcher.stop()
+        self._maker.seek(self._position)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out (not after the prefetched ones)."""
+        return {"sampler": dict(self._position["sampler"]), "augment_rng": self._position["augment_rng"].clone()}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-        self.generator.set_state(state["augment_rng"])
+        self._prefetcher.stop()
+        self._position = {"sampler": dict(state["sampler"]), "augment_rng": state["augment_rng"].clone()}
+        self._maker.seek(self._position)
 
 
 class ImagePool:

@@ -1,5 +1,6 @@
 """Where and how training computes: the device, the distributed process group under ``torchrun``,
-mixed precision (autocast and gradient scalers), determinism, and putting a network on the device."""
+precision (what ``train.amp: auto`` picks, TF32, autocast and gradient scalers), determinism, and
+putting a network on the device (channels-last, SyncBatchNorm, DDP, ``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -31,28 +32,34 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str | None = None
+    """The process group's backend (``gloo``, ``nccl``) when started by torchrun, even with one process."""
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.backend is not None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def init_distributed(device_request: str) -> tuple[Distributed, torch.device]:
-    """Join the process group when started by ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, NCCL on CUDA), with any
+    number of processes, one included (so ``torchrun --nproc_per_node 1`` runs the DDP code path)."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
         return Distributed(), resolve_device(device_request)
-    info = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_request, info.local_rank)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_request, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
+    return Distributed(rank, world_size, local_rank, backend=str(dist.get_backend())), device
 
 
 def agree_across_ranks(distributed: Distributed, choose):
@@ -65,7 +72,50 @@ def agree_across_ranks(distributed: Distributed, choose):
     return choice[0]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware fast enough to beat fp32: AMX-BF16
+    tiles (Intel Sapphire Rapids and later), as torch reports them. AVX512-BF16 alone does not count:
+    on such a CPU (the development machine, AMD EPYC) bf16 training measured slower than fp32
+    (README, Benchmarks)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
+    return bool(capabilities.get("amx_bf16", False))
+
+
+def resolve_amp(requested: str, device: torch.device) -> str:
+    """``train.amp`` -> the autocast mode used: ``off``, ``bf16`` or ``fp16``.
+
+    ``auto``: on CUDA fp32 storage and arithmetic with TF32 allowed (``train.tf32``), no autocast; on a
+    CPU bf16 only where :func:`cpu_has_native_bf16`, else fp32."""
+    if requested == "fp16" and device.type != "cuda":
+        raise UsageError("train.amp=fp16 needs CUDA; use train.amp=bf16, auto or off on the CPU")
+    if requested != "auto":
+        return requested
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "off"
+
+
+def describe_precision(device: torch.device, amp: str, tf32: bool) -> str:
+    """A few words for the start line: ``fp32 (TF32 allowed)``, ``bf16 autocast``, ..."""
+    if amp != "off":
+        return f"{amp} autocast"
+    return "fp32 (TF32 allowed)" if device.type == "cuda" and tf32 else "fp32"
+
+
+def allow_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matrix products and cuDNN convolutions (fp32 storage; about 10 mantissa bits in the
+    products). Global flags: they change nothing on a CPU."""
+    precision = "tf32" if enabled else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Autocast for a resolved ``amp`` (:func:`resolve_amp`): ``off``, ``bf16`` or ``fp16``."""
     if amp == "off":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
@@ -96,23 +146,31 @@ def set_determinism(enabled: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def _uncompiled(module: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped, or ``module`` itself."""
+    return getattr(module, "_orig_mod", module)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
+    """The network itself, without its ``torch.compile`` and DDP wrappers (whose state-dict keys differ)."""
+    module = _uncompiled(module)
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 def no_sync(*modules: nn.Module) -> contextlib.ExitStack:
     """Skip DDP's gradient all-reduce for networks that are in a step's graph but not stepped."""
     stack = contextlib.ExitStack()
-    for module in modules:
+    for module in map(_uncompiled, modules):
         if isinstance(module, nn.parallel.DistributedDataParallel):
             stack.enter_context(module.no_sync())
     return stack
 
 
 def place_module(module: nn.Module, device: torch.device, distributed: Distributed, channels_last: bool,
-                 sync_bn: bool = False) -> nn.Module:
-    """Move to ``device`` (channels-last when asked; BatchNorm made SyncBatchNorm when ``sync_bn``) and
-    wrap in DDP under torchrun."""
+                 sync_bn: bool = False, compile: bool = False) -> nn.Module:
+    """Move to ``device`` (channels-last when asked; BatchNorm made SyncBatchNorm when ``sync_bn``),
+    wrap in DDP under torchrun, and in ``torch.compile`` when ``compile`` (compiled lazily, at the first
+    call). :func:`unwrap` gives the network back."""
     if sync_bn and distributed.enabled:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     module = module.to(device)
@@ -120,5 +178,5 @@ def place_module(module: nn.Module, device: torch.device, distributed: Distribut
         module = module.to(memory_format=torch.channels_last)
     if distributed.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        module = nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=True)
-    return module
+        module = nn.parallel.DistributedDataParallel(module, device_ids=ids)  # buffers broadcast by default
+    return torch.compile(module) if compile else module

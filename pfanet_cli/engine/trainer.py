@@ -43,10 +43,13 @@ from pfanet_cli.engine.rundir import RunDir, checkpoint_name, initialise_run, lo
 from pfanet_cli.engine.runtime import (
     Distributed,
     agree_across_ranks,
+    allow_tf32,
     autocast_context,
+    describe_precision,
     init_distributed,
     make_scalers,
     place_module,
+    resolve_amp,
     set_determinism,
     unwrap,
 )
@@ -90,6 +93,8 @@ class StageTrainer:
                  distributed: Distributed, show_progress: bool = True, fresh: bool = True) -> None:
         self.recipe, self.run, self.data = recipe, run, data
         self.device, self.distributed = device, distributed
+        self.amp = resolve_amp(recipe.train.amp, device)
+        self._opened_sources: list[BatchSource] = []
         self.show_progress = show_progress and distributed.is_main
         self.phase_index, self.iteration = 0, 0
         self.metrics_state: dict[str, Any] = {}
@@ -99,7 +104,7 @@ class StageTrainer:
         parts = self.build(fresh)
         self.nets, self.opts, self.scheds = parts.networks, parts.optimizers, parts.schedulers
         self.batches, self.pools, self.batch_sources = parts.batches, parts.pools, parts.batch_sources
-        self.scalers = make_scalers(device, recipe.train.amp, tuple(self.opts))
+        self.scalers = make_scalers(device, self.amp, tuple(self.opts))
 
     # --- what a stage provides -------------------------------------------------------------------
     def phases(self) -> list[Phase]:
@@ -128,24 +133,33 @@ class StageTrainer:
 
     # --- helpers for build() -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_context(self.device, self.recipe.train.amp)
+        return autocast_context(self.device, self.amp)
 
     def place(self, networks: dict[str, nn.Module], sync_bn: tuple[str, ...] = ()) -> dict[str, nn.Module]:
-        """Networks moved to the device (channels-last when the recipe says so) and DDP-wrapped under
-        torchrun; those named in ``sync_bn`` get SyncBatchNorm when ``train.sync_bn`` is on."""
+        """Networks moved to the device (channels-last when the recipe says so), DDP-wrapped under
+        torchrun and compiled when ``train.compile``; those named in ``sync_bn`` get SyncBatchNorm when
+        ``train.sync_bn`` is on."""
         train = self.recipe.train
         return {key: place_module(net, self.device, self.distributed, train.channels_last,
-                                  sync_bn=train.sync_bn and key in sync_bn)
+                                  sync_bn=train.sync_bn and key in sync_bn, compile=train.compile)
                 for key, net in networks.items()}
 
     def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0) -> BatchSource:
-        """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors).
-        Sources of one stage with different ``stream`` numbers draw different identities and augmentations."""
+        """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors),
+        prepared ``train.prefetch`` batches ahead; :meth:`close` stops every source made here. Sources of one
+        stage with different ``stream`` numbers draw different identities and augmentations."""
         seed, rank = self.recipe.train.seed + STREAM_SEED_STEP * stream, self.distributed.rank
         sampler = IdentityAlignedSampler(self.split.labels, self.split.is_ir, ids_per_batch, images_per_id, seed,
                                          rank, self.distributed.world_size, key=key)
-        return BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
-                           channels_last=self.recipe.train.channels_last)
+        source = BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
+                             channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch)
+        self._opened_sources.append(source)
+        return source
+
+    def close(self) -> None:
+        """Stop the batch sources' prefetch threads (each rewinds to its last batch handed out)."""
+        for source in self._opened_sources:
+            source.close()
 
     # --- state ----------------------------------------------------------------------------------
     def images_per_iteration(self) -> int:
@@ -238,7 +252,14 @@ class StageTrainer:
         return sum(p.iterations for p in self.phases())
 
     def run_training(self) -> Path | None:
-        """Train to the end of the last phase and return the final checkpoint (rank 0)."""
+        """Train to the end of the last phase and return the final checkpoint (rank 0). The batch
+        sources' threads are stopped on the way out, however training ends (Ctrl-C, an error)."""
+        try:
+            return self._train_phases()
+        finally:
+            self.close()
+
+    def _train_phases(self) -> Path | None:
         phases = self.phases()
         with self._progress() as report:
             while self.phase_index < len(phases):
@@ -386,6 +407,7 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
     data = open_prepared(recipe.data.root)
     check_data_matches_recipe(data, recipe)
     set_determinism(recipe.train.deterministic)
+    allow_tf32(recipe.train.tf32)
     torch.manual_seed(recipe.train.seed)
     trainer = trainer_class(recipe, run, data, device, distributed, show_progress,
                             fresh=resume_from is None, **trainer_options)
@@ -394,8 +416,9 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
         trainer.restore(resume_from)
     if distributed.is_main:
         initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
-        ranks = f" x {distributed.world_size} processes" if distributed.enabled else ""
-        console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks} -> {run.path}")
+        ranks = f" x {distributed.world_size} processes ({distributed.backend})" if distributed.enabled else ""
+        precision = describe_precision(device, trainer.amp, recipe.train.tf32)
+        console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks}, {precision} -> {run.path}")
     checkpoint = trainer.run_training()
     return StageResult(run, checkpoint)
 

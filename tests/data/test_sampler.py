@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pfanet_cli.data.augment import flip_and_crop, gather_uint8, to_uint8, to_unit_range
+from pfanet_cli.data.augment import (
+    crop_and_flip,
+    crop_rows_to_unit_range,
+    draw_crop_plan,
+    gather_rows,
+    to_uint8,
+    to_unit_range,
+)
 from pfanet_cli.errors import UsageError
 from pfanet_cli.data.sampler import IdentityAlignedSampler
 
@@ -98,39 +105,55 @@ def test_too_many_identities_per_batch_is_a_usage_error():
         IdentityAlignedSampler(labels, is_ir, 3, 2, world_size=2)
 
 
-def reference_flip_and_crop(batch, tops, lefts, flips, pad):
-    """Per-sample loop with plain slicing: what the vectorised gather must equal."""
-    padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+def reference_crop(images, rows, plan, pad):
+    """Per sample: zero-pad, crop at the plan's offsets, flip the crop, with plain slicing; then scale to
+    [-1, 1]. What both augmentation paths must equal (B×H×W×3)."""
+    height, width = images.shape[1:3]
     out = []
-    for image, top, left, flip in zip(padded, tops, lefts, flips):
-        crop = image[:, top:top + batch.shape[2], left:left + batch.shape[3]]
-        out.append(crop.flip(2) if flip else crop)
-    return torch.stack(out)
+    for row, top, left, flip in zip(rows, plan.top.tolist(), plan.left.tolist(), plan.flipped.tolist()):
+        padded = np.pad(images[row], ((pad, pad), (pad, pad), (0, 0)))
+        crop = padded[top:top + height, left:left + width]
+        out.append(crop[:, ::-1] if flip else crop)
+    return torch.from_numpy(np.stack(out).astype(np.float32) / np.float32(127.5) - np.float32(1.0))
 
 
-def test_flip_and_crop_equals_a_per_sample_loop():
-    batch = torch.randint(0, 256, (6, 3, 8, 5), dtype=torch.uint8)
-    out = flip_and_crop(batch, torch.Generator().manual_seed(3), flip=True, pad=2)
-    replay = torch.Generator().manual_seed(3)
-    tops = torch.randint(0, 5, (6,), generator=replay)
-    lefts = torch.randint(0, 5, (6,), generator=replay)
-    flips = torch.rand(6, generator=replay) < 0.5
-    assert flips.any() and not flips.all()
-    torch.testing.assert_close(out, reference_flip_and_crop(batch, tops, lefts, flips, 2))
-    assert out.dtype == torch.uint8 and out.shape == batch.shape
+@pytest.mark.parametrize("pad", [0, 2, 7], ids=["no-pad", "pad-2", "pad-beyond-the-width"])
+def test_both_augmentation_paths_equal_a_per_sample_loop(pad):
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 5, 3), dtype=np.uint8)
+    rows = np.array([7, 2, 2, 9, 0, 4, 4, 1])
+    plan = draw_crop_plan(len(rows), torch.Generator().manual_seed(3), flip=True, pad=pad)
+    assert plan.flipped.any() and not plan.flipped.all()
+    if pad:
+        assert len(set(plan.top.tolist())) > 1 and len(set(plan.left.tolist())) > 1
+    expected = reference_crop(images, rows, plan, pad)
+    host = crop_rows_to_unit_range(images, rows, plan, pad)
+    device = to_unit_range(crop_and_flip(gather_rows(images, rows), plan, pad))
+    assert host.dtype == np.float32 and host.shape == (8, 8, 5, 3)
+    assert torch.equal(torch.from_numpy(host), expected)
+    assert torch.equal(device, expected)
 
 
-def test_no_augmentation_is_identity():
-    batch = torch.randint(0, 256, (3, 3, 8, 4), dtype=torch.uint8)
-    torch.testing.assert_close(flip_and_crop(batch, torch.Generator(), flip=False, pad=0), batch)
+def test_the_crop_plan_draws_what_the_synchronous_pipeline_drew():
+    """Checkpoints written before the pipeline was made asynchronous hold the generator's state: the plan
+    must consume it in the same order (top offsets, left offsets, then flips) to resume into the same
+    batches."""
+    plan = draw_crop_plan(6, torch.Generator().manual_seed(5), flip=True, pad=3)
+    replay = torch.Generator().manual_seed(5)
+    assert torch.equal(plan.top, torch.randint(0, 7, (6,), generator=replay))
+    assert torch.equal(plan.left, torch.randint(0, 7, (6,), generator=replay))
+    assert torch.equal(plan.flipped, torch.rand(6, generator=replay) < 0.5)
+    unflipped = draw_crop_plan(6, torch.Generator(), flip=False, pad=0)
+    assert not unflipped.flipped.any() and not unflipped.top.any() and not unflipped.left.any()
 
 
 def test_gather_and_range_conversion_round_trip():
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 4, 3), dtype=np.uint8)
     rows = np.array([7, 2, 2, 9])
-    batch = gather_uint8(images, rows)
-    assert batch.shape == (4, 3, 8, 4)
-    np.testing.assert_array_equal(batch.permute(0, 2, 3, 1).numpy(), images[rows])
+    batch = gather_rows(images, rows)
+    assert batch.shape == (4, 8, 4, 3) and batch.dtype == torch.uint8
+    np.testing.assert_array_equal(batch.numpy(), images[rows])
     unit = to_unit_range(batch)
     assert unit.min() >= -1 and unit.max() <= 1
     torch.testing.assert_close(to_uint8(unit), batch)
+    np.testing.assert_array_equal(crop_rows_to_unit_range(images, rows, draw_crop_plan(4, torch.Generator(), False),
+                                                          pad=0), unit.numpy())

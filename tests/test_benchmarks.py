@@ -1,0 +1,66 @@
+"""The benchmark scripts that issue #13 added run as a user runs them: ``benchmarks/gpu.py`` (``make
+gpu-check``) says so and exits 0 without CUDA, and its CUDA code runs on the CPU with the tiny recipe
+standing in for the paper one, so a first GPU run does not fail on a typo; the input-pipeline
+benchmark's "before" path (the synchronous code of de076d9) gives the same batches as the new one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_script(name: str, *args: str, timeout: int = 1200) -> tuple[dict, subprocess.CompletedProcess]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-3000:]
+    return json.loads(lines[-1]), done
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpu_check_without_cuda_says_so_and_exits_0():
+    result, done = run_script("gpu.py")
+    assert done.returncode == 0 and done.stdout.count("\n") == 1
+    assert result["cuda"] is False and "no CUDA device" in result["note"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_cuda_code_on_the_cpu():
+    result, done = run_script("gpu.py", "--device", "cpu", "--paper-recipe", "tiny_cpu.yaml", "--iterations", "1",
+                              "--warmup", "1", "--precisions", "auto", "bf16", "--tiny-overrides",
+                              "gan.iterations=2", "joint.warmup_iterations=1", "joint.iterations=1")
+    assert done.returncode == 0, (result, done.stderr[-3000:])
+    assert done.stdout.count("\n") == 1  # the commands' own output went to stderr
+    assert result["failed"] == [] and result["cuda"] is False
+    tiny = result["tiny_end_to_end"]
+    for precision in ("bf16", "tf32"):
+        assert 0 <= tiny[precision]["r1"] <= 100 and 0 <= tiny[precision]["mAP"] <= 100
+    assert result["torchrun"] == {"ok": True, "backend": "gloo", "world_size": 1,
+                                  "seconds": result["torchrun"]["seconds"]}
+    paper = result["paper"]
+    assert paper["auto"]["precision"] == "fp32" and paper["bf16"]["precision"] == "bf16 autocast"
+    for phase in ("gan", "warmup", "joint"):
+        row = paper["bf16"][phase]
+        assert row["images_per_s"] > 0 and row["sustained_tflops"] >= 0 and 0 <= row["data_wait_fraction"] <= 1
+    assert set(result["projected_schedule_minutes"]) == {"auto", "bf16"}
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_before_and_after_give_the_same_batches():
+    result, done = run_script("input_pipeline.py", "--height", "64", "--width", "32", "--batches", "2",
+                              "--loop-steps", "2", "--steps-ms", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert result["same_batches"] is True and result["images_per_batch"] == 72
+    assert set(result["before"]) == {"channels_last_off", "channels_last_on"}
+    assert set(result["after"]) == {"prefetch_0", "prefetch_2"}
+    assert set(result["wait_fraction"]["step_1ms"]) == {"before", "after"}
