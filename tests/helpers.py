@@ -20,6 +20,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SMALL = (64, 32)
 FULL = (288, 144)
 """Image sizes (height, width): the smallest the discriminators accept, and the paper's."""
+CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std", "per_trial"]
+"""The keys of the evaluation JSON of SPEC §1, in order (the protocol card follows them)."""
 SHARED = REPO.parent / "shared"
 """The task's shared folder (the official SYSU-MM01 protocol files); tests that need it skip without it."""
 

@@ -16,10 +16,7 @@ from pfanet_cli.data.format import PREPARED_FORMAT, PREPARED_FORMAT_VERSION
 from pfanet_cli.data.sysu import save_rand_perm_cam
 from pfanet_cli.evaluation.features import load_features, save_features
 from pfanet_cli.evaluation.protocols import METRIC_KEYS
-from tests.helpers import perm_for, sysu_like
-
-CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std", "per_trial"]
-
+from tests.helpers import CONTRACT, perm_for, sysu_like
 
 @pytest.fixture
 def sysu_files(tmp_path: Path):

@@ -3,7 +3,9 @@ folder opened at most once."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from pfanet_cli.data.sysu import bundled_perm_bytes, load_rand_perm_cam, save_ra
 from pfanet_cli.errors import DataError
 from pfanet_cli.evaluation.features import validate_arrays
 from pfanet_cli.evaluation.run import BUNDLED, EvaluationSource, Permutation, official_permutation
+from tests.helpers import REPO, SHARED
 
 OWN = {1: {1: np.tile([1, 2], (10, 1))}}
 CARRIED = {1: {1: np.tile([2, 1], (10, 1))}}
@@ -73,3 +76,13 @@ def test_the_prepared_folder_is_opened_once(folder, monkeypatch):
     evaluation.prepared()
     evaluation.prepared()
     assert opened == [folder]
+
+
+@pytest.mark.skipif(not (SHARED / "sysu-mm01" / "rand_perm_cam.mat").is_file(),
+                    reason="the project's copy of the official protocol files is not available")
+def test_the_shipped_file_is_the_official_one_and_is_package_data():
+    assert bundled_perm_bytes() == (SHARED / "sysu-mm01" / "rand_perm_cam.mat").read_bytes()
+    line = re.search(r"^pfanet_cli = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    declared = [pattern.strip().strip('"') for pattern in line.split(",")]
+    for name in ("rand_perm_cam.mat", "README.md"):
+        assert any(fnmatch.fnmatch(f"resources/{name}", pattern) for pattern in declared), name
