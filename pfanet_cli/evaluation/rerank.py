@@ -34,8 +34,8 @@ from pfanet_cli.evaluation.ranking import DEFAULT_MEMORY_BUDGET, cosine_normalis
 RERANK_METHODS = ("off", "kreciprocal")
 DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA = 20, 6, 0.3
 """The standard parameters of Zhong et al. 2017."""
-PAIR_BYTES = 64
-"""Working bytes per (query non-zero, gallery non-zero) pair of the Jaccard join."""
+PAIR_BYTES = 128
+"""Working bytes per (query non-zero, gallery non-zero) pair of the Jaccard join (its temporaries)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,13 @@ def kreciprocal_distances(queries: np.ndarray, gallery: np.ndarray, config: Rera
     feats = cosine_normalise(np.concatenate([np.asarray(queries), np.asarray(gallery)]))
     num_query = len(queries)
     width = min(len(feats), max(config.k1 + 1, config.k2))
-    nearest, row_max = _nearest_neighbours(feats, width, memory_budget)
-    weights = _reciprocal_weights(feats, nearest, row_max, config.k1)
+    out = np.empty((num_query, len(feats) - num_query))                # d(query, gallery) first
+    nearest, row_max = _nearest_neighbours(feats, width, memory_budget, out)
+    weights = _reciprocal_weights(feats, nearest, row_max, config.k1, memory_budget)
     if config.k2 != 1:
         weights = _query_expansion(nearest[:, : config.k2], len(feats)) @ weights
-    return _final_distances(feats, weights.tocsr(), row_max, num_query, config.lambda_value, memory_budget)
+    _blend_jaccard(out, weights.tocsr(), config.lambda_value, memory_budget)
+    return out
 
 
 def _distances(rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -96,15 +98,21 @@ def _distances(rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return np.maximum(out, 0.0, out=out)
 
 
-def _nearest_neighbours(feats: np.ndarray, width: int, memory_budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``width`` nearest rows (by distance, ties by index) and its largest distance."""
-    n = len(feats)
+def _nearest_neighbours(feats: np.ndarray, width: int, memory_budget: int,
+                        query_gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``width`` nearest rows (by distance, ties by index) and its largest distance; the
+    normalised distances of the query rows to the gallery rows are kept in ``query_gallery``."""
+    n, num_query = len(feats), len(query_gallery)
     block = max(1, memory_budget // (24 * n))
     nearest = np.empty((n, width), dtype=np.int64)
     row_max = np.empty(n)
     for start in range(0, n, block):
         dist = _distances(feats[start:start + block], feats)
         row_max[start:start + block] = dist.max(axis=1)
+        if start < num_query:
+            stop = min(num_query, start + block)
+            np.divide(dist[: stop - start, num_query:], np.maximum(row_max[start:stop, None], 1e-12),
+                      out=query_gallery[start:stop])
         part = np.sort(np.argpartition(dist, width - 1, axis=1)[:, :width], axis=1)  # index order
         values = np.take_along_axis(dist, part, axis=1)
         order = np.argsort(values, axis=1, kind="stable")
@@ -124,7 +132,8 @@ def _reciprocal(nearest: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return forward, (backward == np.arange(len(nearest))[:, None, None]).any(axis=2)
 
 
-def _reciprocal_weights(feats: np.ndarray, nearest: np.ndarray, row_max: np.ndarray, k1: int) -> scipy.sparse.csr_matrix:
+def _reciprocal_weights(feats: np.ndarray, nearest: np.ndarray, row_max: np.ndarray, k1: int,
+                        memory_budget: int) -> scipy.sparse.csr_matrix:
     """V: the exp(-d) weights of each row's expanded k-reciprocal set, normalised per row (sparse N x N)."""
     n = len(feats)
     forward, mutual = _reciprocal(nearest, k1)
@@ -143,12 +152,13 @@ def _reciprocal_weights(feats: np.ndarray, nearest: np.ndarray, row_max: np.ndar
         cols.append(candidates[taken])
     keys = np.unique(np.concatenate(rows) * n + np.concatenate(cols))
     row, col = keys // n, keys % n
-    weight = np.exp(-_pair_distances(feats, row, col) / np.maximum(row_max[row], 1e-12))
+    chunk = max(1, memory_budget // (64 * feats.shape[1]))             # gathered feature rows: a quarter
+    weight = np.exp(-_pair_distances(feats, row, col, chunk) / np.maximum(row_max[row], 1e-12))
     totals = np.bincount(row, weights=weight, minlength=n)
     return scipy.sparse.csr_matrix((weight / totals[row], (row, col)), shape=(n, n))
 
 
-def _pair_distances(feats: np.ndarray, row: np.ndarray, col: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def _pair_distances(feats: np.ndarray, row: np.ndarray, col: np.ndarray, chunk: int) -> np.ndarray:
     out = np.empty(len(row))
     for start in range(0, len(row), chunk):
         a, b = feats[row[start:start + chunk]], feats[col[start:start + chunk]]
@@ -163,14 +173,13 @@ def _query_expansion(nearest: np.ndarray, n: int) -> scipy.sparse.csr_matrix:
                                    shape=(n, n))
 
 
-def _final_distances(feats: np.ndarray, weights: scipy.sparse.csr_matrix, row_max: np.ndarray, num_query: int,
-                     lambda_value: float, memory_budget: int) -> np.ndarray:
-    """(1 - lambda) Jaccard + lambda d for every query x gallery pair, in blocks of queries whose join of
-    non-zeros fits the memory budget."""
+def _blend_jaccard(out: np.ndarray, weights: scipy.sparse.csr_matrix, lambda_value: float,
+                   memory_budget: int) -> None:
+    """``out`` (d of every query x gallery pair) becomes (1 - lambda) Jaccard + lambda d, in blocks of queries
+    whose join of non-zeros and whose query x gallery arrays fit the memory budget."""
+    num_query, num_gallery = out.shape
     gallery = weights[num_query:].tocsc()                              # (G, N): the rows holding column k
     column_counts = np.diff(gallery.indptr)
-    num_gallery = gallery.shape[0]
-    out = np.empty((num_query, num_gallery))
     query_nonzeros = np.diff(weights.indptr[: num_query + 1])
     pairs = np.bincount(np.repeat(np.arange(num_query), query_nonzeros),
                         weights=column_counts[weights.indices[: weights.indptr[num_query]]], minlength=num_query)
@@ -183,10 +192,10 @@ def _final_distances(feats: np.ndarray, weights: scipy.sparse.csr_matrix, row_ma
         stop = min(num_query, start + row_limit, max(stop, start + 1))
         overlap = _min_sums(weights[start:stop], gallery, column_counts)
         jaccard = 1.0 - overlap / (2.0 - overlap)
-        original = _distances(feats[start:stop], feats[num_query:]) / np.maximum(row_max[start:stop, None], 1e-12)
-        out[start:stop] = (1.0 - lambda_value) * jaccard + lambda_value * original
+        block = out[start:stop]
+        block *= lambda_value
+        block += (1.0 - lambda_value) * jaccard
         start = stop
-    return out
 
 
 def _min_sums(queries: scipy.sparse.csr_matrix, gallery: scipy.sparse.csc_matrix,

@@ -187,3 +187,31 @@ def test_cli_renders_and_prepares_llcm(tmp_path, capsys):
 def test_scan_errors_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="LLCM raw tree not found"):
         llcm.scan_llcm(tmp_path / "absent")
+
+
+def test_dry_run_builds_the_classifier_for_llcms_713_training_ids(capsys):
+    counts = {}
+    for recipe in ("sysu_pfanet.yaml", "llcm_pfanet.yaml"):
+        assert main(["train-joint", recipe, "--dry-run", "--json"]) == 0
+        counts[recipe] = json.loads(capsys.readouterr().out)["parameters"]["F"]
+    # the classifier's last layer grows by (713 - 395) classes x (256 weights + 1 bias)
+    assert counts["llcm_pfanet.yaml"] - counts["sysu_pfanet.yaml"] == (713 - 395) * 257
+
+
+@pytest.mark.slow
+def test_train_extract_and_evaluate_on_a_synthetic_llcm_tree(llcm_tree, tmp_path, capsys):
+    root, _ = llcm_tree
+    prepare_llcm(root, tmp_path / "prep", height=64, width=32, workers=1)
+    overrides = [f"data.root={tmp_path / 'prep'}", "data.dataset=llcm", f"train.runs_root={tmp_path / 'runs'}"]
+    assert main(["train-gan", "tiny_cpu.yaml", *overrides, "--out", str(tmp_path / "gan")]) == 0
+    assert main(["train-joint", "tiny_cpu.yaml", *overrides, "--out", str(tmp_path / "joint"),
+                 "--init-gan", str(tmp_path / "gan" / "checkpoints" / "last.pt")]) == 0
+    out = tmp_path / "llcm.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "joint" / "checkpoints" / "last.pt"), "--data",
+                 str(tmp_path / "prep"), "--direction", "both", "--trials", "3", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(r["dataset"], r["mode"], r["sampler"], r["trials"]) for r in results] == [
+        ("llcm", "ir2vis", "llcm-seeded", 3), ("llcm", "vis2ir", "llcm-seeded", 3)]
+    assert results[0]["card"]["checkpoint"]["path"] == str(tmp_path / "joint" / "checkpoints" / "last.pt")
+    assert results[0]["card"]["split"].startswith("LLCM test ids")
