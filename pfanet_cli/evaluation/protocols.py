@@ -34,7 +34,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from pfanet_cli.data import llcm, regdb
-from pfanet_cli.data.sysu import ALL_CAMERAS, IR_CAMERAS, SAME_ROOM, RandPerm
+from pfanet_cli.data.sysu import ALL_CAMERAS, IR_CAMERAS, RandPerm
 from pfanet_cli.errors import DataError, UsageError
 from pfanet_cli.evaluation.card import complete_card, protocol_card
 from pfanet_cli.evaluation.features import validate_arrays

@@ -223,8 +223,8 @@ def print_results(results: list[EvalResult], title: str | None = None) -> None:
     if title is None and first.dataset == "regdb":
         title = "RegDB (one split)"
     elif title is None:
-        name = DATASETS[first.dataset].title
-        title = f"{name}, {first.sampler} gallery sampler, {first.trials} trial{plural}"
+        sampler = f"{first.sampler} gallery sampler" if first.dataset == "sysu" else f"{first.sampler} sampler"
+        title = f"{DATASETS[first.dataset].title}, {sampler}, {first.trials} trial{plural}"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("", no_wrap=True)
     for result in results:
@@ -271,6 +271,8 @@ def write_outputs(source: EvaluationSource | None, results: list[EvalResult], pe
     if cmc_plot is not None and all(r.cmc.size for r in results):
         save_cmc_plot(cmc_plot, {r.setting: r.cmc for r in results}, title=f"CMC ({results[0].dataset})")
         console.print(f"CMC curve written to {cmc_plot}")
+    elif cmc_plot is not None:
+        console.print("note: CMC plot skipped: results read back from their JSON files hold no CMC curve")
     if ranks_image is not None:
         _write_ranked_lists(source, results[0], perm, ranks_image, image_root)
 

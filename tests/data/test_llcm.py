@@ -16,7 +16,7 @@ from pfanet_cli.data import llcm
 from pfanet_cli.data.datasets import identity_from_path
 from pfanet_cli.data.prepare import prepare_llcm
 from pfanet_cli.data.prepared import open_prepared
-from pfanet_cli.data.synthetic import plan_synthetic_llcm, render_synthetic_llcm
+from pfanet_cli.data.synthetic import plan_synthetic_llcm, render_synthetic_llcm, render_synthetic_sysu
 from pfanet_cli.errors import DataError, UsageError
 from tests.helpers import error_line
 
@@ -215,3 +215,17 @@ def test_train_extract_and_evaluate_on_a_synthetic_llcm_tree(llcm_tree, tmp_path
         ("llcm", "ir2vis", "llcm-seeded", 3), ("llcm", "vis2ir", "llcm-seeded", 3)]
     assert results[0]["card"]["checkpoint"]["path"] == str(tmp_path / "joint" / "checkpoints" / "last.pt")
     assert results[0]["card"]["split"].startswith("LLCM test ids")
+
+
+def test_rendering_one_layout_over_the_other_clears_the_old_folders(tmp_path):
+    out = tmp_path / "render"
+    render_synthetic_sysu(out, ids=3, height=32, width=16, workers=1)
+    render_synthetic_llcm(out, ids=3, height=32, width=16, workers=1)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "idx", "test_nir", "test_vis", "train_nir", "train_vis"]
+    render_synthetic_sysu(out, ids=3, height=32, width=16, workers=1)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp"]
+    (out / "notes.txt").write_text("mine")
+    render_synthetic_llcm(out, ids=3, height=32, width=16, workers=1)
+    assert (out / "notes.txt").read_text() == "mine"           # only the renders' own folders are cleared

@@ -14,6 +14,7 @@ import pytest
 from pfanet_cli.data import llcm
 from pfanet_cli.data.synthetic import plan_synthetic_llcm
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.evaluation.examples import llcm_ranked_examples
 from pfanet_cli.evaluation.galleries import sample_llcm
 from pfanet_cli.evaluation.protocols import evaluate_llcm
 from pfanet_cli.evaluation.ranking import RankingEngine
@@ -134,3 +135,15 @@ def test_bad_input():
         evaluate_llcm(feats, pids, camids, None)
     with pytest.raises(UsageError, match="--trials must be at least 1"):
         evaluate_llcm(feats, pids, camids, paths, trials=0)
+
+
+@pytest.mark.parametrize("direction", ["ir2vis", "vis2ir"])
+def test_ranked_examples_follow_the_direction_and_drop_junk(direction):
+    feats, pids, camids, paths = llcm_like(seed=6)
+    examples = llcm_ranked_examples(feats, pids, camids, paths, direction=direction, num_queries=3, k=5)
+    assert len(examples) == 3
+    for query, top in examples:
+        assert (camids[query] > 10) and len(top) == 5
+        assert (camids[top] <= 9).all()
+        junk = (pids[top] == pids[query]) & (camids[top] % 10 == camids[query] % 10)
+        assert not junk.any()

@@ -49,7 +49,6 @@ STYLE_CAMERAS = {"rgb": (1, 2, 4, 5), "ir": (3, 6)}
 """SYSU-MM01 cameras whose look the LLCM cameras of each modality borrow, in turn."""
 STREAM_BASE = 100
 """Random-stream key of an LLCM camera: 100 + camid, apart from the SYSU cameras' 1..6."""
-LAYOUT_FOLDERS = ("train_vis", "train_nir", "test_vis", "test_nir", llcm.IDX_DIR)
 SPLITS = ("train", "test")
 
 
@@ -160,7 +159,7 @@ def render_llcm_plan(plan: LlcmPlan, out: Path, workers: int | None = None, show
     if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     if not (reuse and _marker(out) == _marker_info(plan, complete=True)):
-        prepare_out(out, LAYOUT_FOLDERS)
+        prepare_out(out)
         _write_marker(out, plan, complete=False)
         write_idx_files(out / llcm.IDX_DIR, plan)
         jobs = _person_jobs(out, plan)

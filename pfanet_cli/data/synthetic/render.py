@@ -217,12 +217,13 @@ def _fix_mat_header(path: Path) -> None:
         fh.write(_MAT_HEADER_TEXT.ljust(116, b" "))
 
 
-SYSU_FOLDERS = tuple(f"cam{c}" for c in ALL_CAMERAS) + ("exp",)
-"""What a SYSU-layout render writes besides its marker (cleared before rendering over it)."""
+RENDER_FOLDERS = tuple(f"cam{c}" for c in ALL_CAMERAS) + ("exp", "train_vis", "train_nir", "test_vis", "test_nir",
+                                                          "idx")
+"""What a render of either layout (SYSU-MM01's, LLCM's) writes besides its marker: cleared before rendering over it."""
 
 
-def prepare_out(out: Path, folders: tuple[str, ...] = SYSU_FOLDERS) -> None:
-    """Refuse anything but a new/empty folder or a previous synthetic render (whose ``folders`` are cleared)."""
+def prepare_out(out: Path) -> None:
+    """Refuse anything but a new/empty folder or a previous synthetic render (whose folders are cleared)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file, not a folder; give a new or empty folder for the synthetic dataset")
     if out.is_dir():
@@ -232,7 +233,7 @@ def prepare_out(out: Path, folders: tuple[str, ...] = SYSU_FOLDERS) -> None:
                 f"{out} is not empty and holds no synthetic render ({MARKER_FILE} missing); "
                 "give a new or empty folder"
             )
-        for name in folders:
+        for name in RENDER_FOLDERS:
             target = out / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
