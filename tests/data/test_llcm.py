@@ -171,7 +171,7 @@ def test_cli_renders_and_prepares_llcm(tmp_path, capsys):
     out = tmp_path / "raw"
     assert main(["prepare-data", "synthetic", str(out), "--layout", "llcm", "--ids", "4", "--height", "32",
                  "--width", "16", "--workers", "1"]) == 0
-    assert "next: pfanet prepare-data llcm" in capsys.readouterr().out
+    assert "next: pfanet prepare-data llcm" in " ".join(capsys.readouterr().out.split())
     marker = json.loads((out / ".pfanet-synthetic.json").read_text())
     assert marker["format"] == "pfanet-synthetic-llcm" and marker["complete"]
     assert main(["prepare-data", "llcm", str(out), "--out", str(tmp_path / "prep"), "--height", "32",

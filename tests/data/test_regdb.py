@@ -28,7 +28,7 @@ def test_prepare_several_trials_in_one_command(tmp_path, capsys):
     code = main(["prepare-data", "regdb", str(raw), "--trial", "1,2", "--out", str(tmp_path / "prep"),
                  "--height", "32", "--width", "16", "--workers", "1"])
     assert code == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert out.count("prepared regdb into") == 2
     for trial in (1, 2):
         data = open_prepared(tmp_path / "prep" / f"trial{trial}")

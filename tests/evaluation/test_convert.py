@@ -42,7 +42,7 @@ def test_a_mat_export_evaluates_like_the_features_it_came_from(tmp_path, capsys)
         "gallery_f": feats[gallery], "gallery_label": pids[gallery], "gallery_cam": camids[gallery]})
     out = tmp_path / "converted.npz"
     assert main(["convert-features", str(tmp_path / "pytorch_result.mat"), "--out", str(out)]) == 0
-    assert "next: pfanet evaluate --features" in capsys.readouterr().out
+    assert "next: pfanet evaluate --features" in " ".join(capsys.readouterr().out.split())
     converted = load_features(out)
     assert converted.dataset == "sysu" and converted.paths == [paths[r] for r in query + gallery]
     np.testing.assert_array_equal(converted.camids, camids[query + gallery])

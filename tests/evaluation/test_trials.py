@@ -44,7 +44,7 @@ def test_all_trials_from_features_files(tmp_path, capsys):
     code = main(["evaluate", "--dataset", "regdb", "--all-trials", "--trial", "1,2", "--features",
                  str(tmp_path / "trial{trial}.npz"), "--json", str(out)])
     assert code == 0
-    stdout = capsys.readouterr().out
+    stdout = " ".join(capsys.readouterr().out.split())
     aggregate = json.loads(out.read_text())
     assert [r["mode"] for r in aggregate] == ["v2t", "t2v"]
     assert all(list(r) == CONTRACT + ["card"] for r in aggregate)
@@ -105,7 +105,7 @@ def test_regdb_all_trains_two_trials_resumes_and_reports_their_mean(tmp_path, ca
     stamp = trial_files[0].stat().st_mtime_ns
     trial_files[1].unlink()
     assert main(args) == 0
-    assert "RegDB trial 1: finished earlier" in capsys.readouterr().out
+    assert "RegDB trial 1: finished earlier" in " ".join(capsys.readouterr().out.split())
     assert trial_files[0].stat().st_mtime_ns == stamp and trial_files[1].is_file()
     assert json.loads((runs / "results.json").read_text()) == aggregate      # same models, same numbers
     assert main(["evaluate", "--dataset", "regdb", "--all-trials", "--trial", "1,2", "--features",
