@@ -108,8 +108,9 @@ def _read_npy(source: Path, variant: str | None) -> dict[str, Side]:
         feat = f"{prefix}_feat" + (f"_{variant}" if variant else "")
         if feat not in arrays:
             found = sorted(k for k in arrays if k.startswith(f"{prefix}_feat"))
-            hint = f" (found {', '.join(found)}: pass --variant {found[0].rsplit('_', 1)[-1]})" if found and not \
-                variant else ""
+            hint = ""
+            if found and not variant:
+                hint = f" (found {', '.join(found)}: pass --variant {found[0].rsplit('_', 1)[-1]})"
             raise DataError(f"{source}: no {feat} array{hint}")
         keys = (feat, f"{prefix}_label", f"{prefix}_cam")
         sides[name] = _side(source, {k: arrays.get(k) for k in keys}, keys)
@@ -137,8 +138,9 @@ def _side(source: Path, arrays: dict, keys: tuple[str, str, str]) -> Side:
     labels = np.asarray(arrays[label_key]).reshape(-1)
     cams = None if arrays.get(cam_key) is None else np.asarray(arrays[cam_key]).reshape(-1)
     if feats.ndim != 2 or len(feats) != len(labels) or (cams is not None and len(cams) != len(labels)):
-        shown = f"{feat_key} {feats.shape}, {label_key} {labels.shape}" + (f", {cam_key} {cams.shape}" if cams is
-                                                                             not None else "")
+        shown = f"{feat_key} {feats.shape}, {label_key} {labels.shape}"
+        if cams is not None:
+            shown += f", {cam_key} {cams.shape}"
         raise DataError(f"{source}: mismatched arrays ({shown}); each row needs a feature, a label and a camera")
     for name, values in ((label_key, labels), (cam_key, cams)):
         if values is not None and not np.issubdtype(values.dtype, np.number):
