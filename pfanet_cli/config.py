@@ -52,7 +52,7 @@ def _key(default: Any, check=None, help: str = "") -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["sysu", "regdb"] = _key("sysu", help="dataset of the prepared directory")
+    dataset: Literal["sysu", "regdb", "llcm"] = _key("sysu", help="dataset of the prepared directory")
     root: str = _key("data/prepared/sysu", help="prepared data directory (prepare-data output)")
     height: int = _key(288, _divisible_by_16, "network input height")
     width: int = _key(144, _divisible_by_16, "network input width")

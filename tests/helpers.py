@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from pfanet_cli.config import ModelConfig, Recipe, load_recipe
 from pfanet_cli.data.prepare import prepare_sysu
+from pfanet_cli.data import llcm
+from pfanet_cli.evaluation.protocols import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny_cpu.yaml"
@@ -18,6 +21,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SMALL = (64, 32)
 FULL = (288, 144)
 """Image sizes (height, width): the smallest the discriminators accept, and the paper's."""
+CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std", "per_trial"]
+"""The keys of the evaluation JSON of SPEC §1, in order (the protocol card follows them)."""
 SHARED = REPO.parent / "shared"
 """The task's shared folder (the official SYSU-MM01 protocol files); tests that need it skip without it."""
 
@@ -170,3 +175,44 @@ def perm_for(pids, camids, seed: int = 0):
     for (c, p), n in counts.items():
         perm[c][p] = np.stack([rng.permutation(n) + 1 for _ in range(10)])
     return perm
+
+
+def llcm_like(seed: int = 0, ids: int = 14, dim: int = 12, exact_ties: bool = False):
+    """An LLCM-layout test set with identity and camera structure (a person looks alike in one camera
+    number whatever the modality, so the camera rule changes the numbers); corners: id 1 never visible,
+    NIR camera 3 images (outside the protocol), folders of one image."""
+    rng = np.random.default_rng(seed)
+    person, camera = rng.standard_normal((ids + 1, dim)), rng.standard_normal((10, dim))
+    pool = np.zeros((5, dim))
+    for v in pool:
+        v[rng.choice(dim, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    feats, pids, camids, paths = [], [], [], []
+    for pid in range(1, ids + 1):
+        for camid in llcm.VIS_CAMERAS + llcm.NIR_CAMERAS:
+            if rng.random() < 0.55 or (pid == 1 and camid < 10):
+                continue
+            modality = llcm.modality_of_camera(camid)
+            for n in range(1, int(rng.integers(1, 5)) + 1):
+                if exact_ties:
+                    feats.append(pool[(pid + rng.integers(0, 2)) % len(pool)])
+                else:
+                    feats.append(person[pid] + 0.8 * camera[camid % 10] + rng.standard_normal(dim))
+                pids.append(pid)
+                camids.append(camid)
+                paths.append(f"{llcm.image_folder('test', modality, camid, pid)}/{n:04d}.jpg")
+    order = rng.permutation(len(pids))
+    return (np.asarray(feats, np.float32)[order], np.asarray(pids)[order], np.asarray(camids)[order],
+            [paths[i] for i in order])
+
+
+def assert_matches_oracle(result, oracle, tol=1e-9):
+    assert result.trials == len(oracle["per_trial"])
+    for mine, ref in zip(result.per_trial, oracle["per_trial"]):
+        for key in METRIC_KEYS:
+            assert mine[key] == pytest.approx(ref[key], abs=tol), key
+    for key in METRIC_KEYS:
+        assert result.metrics[key] == pytest.approx(oracle["metrics"][key], abs=tol)
+    np.testing.assert_allclose(result.cmc, oracle["cmc"], atol=tol, rtol=0)
+    assert result.num_query == oracle["num_query"]
+    assert result.num_gallery == pytest.approx(np.mean(oracle["num_gallery"]))
+    assert result.num_valid_query == pytest.approx(np.mean(oracle["num_valid_query"]))

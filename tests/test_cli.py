@@ -11,8 +11,9 @@ from pfanet_cli import __version__
 from pfanet_cli.cli import main
 
 COMMANDS = [
-    ["prepare-data", "sysu"], ["prepare-data", "regdb"], ["prepare-data", "synthetic"], ["train-gan"],
-    ["train-joint"], ["translate"], ["extract"], ["evaluate"], ["demo"],
+    ["prepare-data", "sysu"], ["prepare-data", "regdb"], ["prepare-data", "llcm"], ["prepare-data", "synthetic"],
+    ["train-gan"], ["train-joint"], ["translate"], ["extract"], ["evaluate"], ["convert-features"], ["regdb-all"],
+    ["demo"],
 ]
 
 
@@ -27,7 +28,8 @@ def test_every_command_has_real_help(command, capsys):
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("prepare-data", "train-gan", "train-joint", "translate", "extract", "evaluate", "demo"):
+    for name in ("prepare-data", "train-gan", "train-joint", "translate", "extract", "evaluate", "convert-features",
+                 "regdb-all", "demo"):
         assert name in out
 
 

@@ -15,12 +15,11 @@ from PIL import Image
 
 from pfanet_cli.demo.pipeline import run_demo
 from pfanet_cli.errors import Interrupted
+from tests.helpers import CONTRACT
 
 pytestmark = pytest.mark.slow  # the whole pipeline, minutes on 2 cores with the browser check
 
 TINY = ["gan.iterations=3", "joint.warmup_iterations=2", "joint.iterations=2"]
-CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std",
-            "per_trial"]
 
 
 def run_tiny_demo(out: Path):
@@ -50,6 +49,9 @@ def test_every_report_file_exists_and_html_references_only_existing_files(demo):
     for reference in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / reference).is_file(), reference
     assert "raw pixels" in markdown and "untrained network" in markdown
+    card = markdown[markdown.index("## Protocol card"):]
+    assert f"| checkpoint | path {out / 'joint' / 'checkpoints' / 'last.pt'}, chosen last" in card
+    assert "| flip | flip-summed" in card and "| sampler | official" in card
 
 
 def test_results_json_follows_the_evaluation_contract(demo):
@@ -57,12 +59,16 @@ def test_results_json_follows_the_evaluation_contract(demo):
     assert [(r["mode"], r["shot"]) for r in results] == [("all", "single"), ("all", "multi"),
                                                          ("indoor", "single"), ("indoor", "multi")]
     for result in results:
-        assert list(result) == CONTRACT
+        assert list(result) == CONTRACT + ["card"]
         assert result["dataset"] == "sysu" and result["sampler"] == "official" and result["trials"] == 10
+        assert result["card"]["checkpoint"]["path"] == str(demo.out / "joint" / "checkpoints" / "last.pt")
+        assert str(demo.out / "prepared" / "exp" / "rand_perm_cam.mat") in result["card"]["sampler"]
         assert set(result["metrics"]) == {"r1", "r5", "r10", "r20", "mAP", "mINP"}
         assert len(result["per_trial"]) == 10
     baselines = json.loads((demo.out / "baselines.json").read_text())
     assert set(baselines) == {"raw pixels", "untrained network"}
+    assert baselines["raw pixels"][0]["card"]["feature"].startswith("raw pixels")
+    assert baselines["untrained network"][0]["card"]["checkpoint"].startswith("none: seeded initialisation")
 
 
 def test_pictures_are_not_blank(demo):

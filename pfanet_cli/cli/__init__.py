@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from pfanet_cli import __version__
-from pfanet_cli.cli import common, data, demo, evaluate, inference, train
+from pfanet_cli.cli import common, data, demo, evaluate, inference, train, trials
 from pfanet_cli.errors import EXIT_OTHER, PfanetError
 from pfanet_cli.utils.console import error_console
 
@@ -42,7 +42,7 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
 ) -> None:
     """PFANet: RGB -> fake IR translation, joint image/feature discriminator and a ResNet-50 with
-    BNG attention and MMM, trained and evaluated with the SYSU-MM01 and RegDB protocols."""
+    BNG attention and MMM, trained and evaluated with the SYSU-MM01, RegDB and LLCM protocols."""
     common.set_debug(debug)
 
 
@@ -52,6 +52,8 @@ common.register(app, "train-joint", train.train_joint_command)
 common.register(app, "translate", inference.translate_command)
 common.register(app, "extract", inference.extract_command)
 common.register(app, "evaluate", evaluate.evaluate_command)
+common.register(app, "convert-features", evaluate.convert_features_command)
+common.register(app, "regdb-all", trials.regdb_all_command)
 common.register(app, "demo", demo.demo_command)
 
 

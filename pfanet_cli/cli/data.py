@@ -1,4 +1,4 @@
-"""prepare-data subcommands: sysu, regdb, synthetic."""
+"""prepare-data subcommands: sysu, regdb, llcm, synthetic."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from pfanet_cli.cli.common import guard_interrupt
+from pfanet_cli.errors import UsageError
 from pfanet_cli.utils.console import console, progress_bar
 
 app = typer.Typer(
@@ -28,14 +29,22 @@ FastOption = Annotated[
 
 def _run_with_progress(prepare: Callable, **kwargs) -> None:
     with progress_bar() as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, list[int]] = {}
 
         def on_progress(split: str, done: int, total: int) -> None:
             if split not in tasks:
-                tasks[split] = progress.add_task(f"decode {split}", total=total, info="")
-            progress.advance(tasks[split], done)
+                tasks[split] = [progress.add_task(f"decode {split}", total=total, info=""), 0]
+            progress.advance(tasks[split][0], done)
+            tasks[split][1] += done
+            if tasks[split][1] >= total:  # the next trial's split of that name gets its own bar
+                del tasks[split]
 
-        summary = prepare(on_progress=on_progress, **kwargs)
+        summaries = prepare(on_progress=on_progress, **kwargs)
+    for summary in summaries if isinstance(summaries, list) else [summaries]:
+        _report(summary)
+
+
+def _report(summary) -> None:
     counts = ", ".join(f"{name} {n:,}" for name, n in summary.counts.items())
     if summary.skipped_unchanged:
         console.print(f"{summary.out} is up to date with its source ({counts} images); nothing to do")
@@ -72,9 +81,10 @@ def sysu_command(
 @guard_interrupt
 def regdb_command(
     raw: Annotated[Path, typer.Argument(help="raw RegDB tree (idx/, Visible/, Thermal/)")] = Path("data/RegDB"),
-    trial: Annotated[int, typer.Option("--trial", help="RegDB split 1..10")] = 1,
+    trial: Annotated[str, typer.Option("--trial", help="RegDB split 1..10, a list such as 1,2, or all")] = "1",
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="prepared output folder [default: data/prepared/regdb/trialT]")
+        Optional[Path], typer.Option("--out", help="prepared output folder [default: data/prepared/regdb/trialT; "
+                                                   "with several trials the parent of trial1..trial10]")
     ] = None,
     height: HeightOption = 288,
     width: WidthOption = 144,
@@ -82,29 +92,60 @@ def regdb_command(
     skip_bad: SkipBadOption = False,
     fast: FastOption = False,
 ) -> None:
-    """Index and resize one RegDB trial (visible camid 1, thermal camid 2)."""
-    from pfanet_cli.data.prepare import prepare_regdb  # heavy: numpy and scipy, not needed for --help
+    """Index and resize RegDB trials (visible camid 1, thermal camid 2); --trial all prepares the ten splits."""
+    from pfanet_cli.data.prepare import prepare_regdb, prepare_regdb_trials  # heavy: numpy, not needed for --help
+    from pfanet_cli.data.regdb import parse_trials  # heavy: numpy, not needed for --help
 
-    out = out or Path(f"data/prepared/regdb/trial{trial}")
-    _run_with_progress(prepare_regdb, raw=raw, out=out, trial=trial, height=height, width=width,
-                       workers=workers, skip_bad=skip_bad, fast=fast)
+    trials = parse_trials(trial)
+    options = dict(raw=raw, height=height, width=width, workers=workers, skip_bad=skip_bad, fast=fast)
+    if len(trials) == 1 and trial.strip().lower() != "all":
+        _run_with_progress(prepare_regdb, out=out or Path(f"data/prepared/regdb/trial{trials[0]}"), trial=trials[0],
+                           **options)
+    else:
+        _run_with_progress(prepare_regdb_trials, out_root=out or Path("data/prepared/regdb"), trials=trials,
+                           **options)
+
+
+@app.command("llcm")
+@guard_interrupt
+def llcm_command(
+    raw: Annotated[Path, typer.Argument(help="raw LLCM tree (idx/, train_vis/, train_nir/, test_vis/, test_nir/)")
+                   ] = Path("data/LLCM"),
+    out: Annotated[Path, typer.Option("--out", help="prepared output folder")] = Path("data/prepared/llcm"),
+    height: HeightOption = 288,
+    width: WidthOption = 144,
+    workers: WorkersOption = None,
+    skip_bad: SkipBadOption = False,
+    fast: FastOption = False,
+) -> None:
+    """Index and resize LLCM (visible camid k, NIR camid 10 + k) from its idx/ lists (or a synthetic tree)."""
+    from pfanet_cli.data.prepare import prepare_llcm  # heavy: numpy and scipy, not needed for --help
+
+    _run_with_progress(prepare_llcm, raw=raw, out=out, height=height, width=width, workers=workers,
+                       skip_bad=skip_bad, fast=fast)
 
 
 @app.command("synthetic")
 @guard_interrupt
 def synthetic_command(
-    out: Annotated[Path, typer.Argument(help="folder to write the raw SYSU-layout tree into")],
-    preset: Annotated[str, typer.Option("--preset", help="small (demo/tests) or sysu (real per-camera counts)")] = "small",
+    out: Annotated[Path, typer.Argument(help="folder to write the raw tree into")],
+    layout: Annotated[str, typer.Option("--layout", help="sysu (SYSU-MM01 raw layout) or llcm (LLCM's)")] = "sysu",
+    preset: Annotated[str, typer.Option(
+        "--preset", help="small (demo/tests); sysu (real per-camera counts) or llcm (published per-split sizes)")
+    ] = "small",
     ids: Annotated[Optional[int], typer.Option("--ids", help="number of identities (overrides the preset)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
     height: Annotated[Optional[int], typer.Option("--height", help="raw image height")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="raw image width")] = None,
     workers: WorkersOption = None,
 ) -> None:
-    """Render synthetic RGB/IR pedestrians in the exact SYSU-MM01 raw layout."""
-    from pfanet_cli.data.synthetic import render_synthetic_sysu  # heavy: numpy and scipy, not needed for --help
+    """Render synthetic RGB/IR pedestrians in the exact SYSU-MM01 raw layout, or in LLCM's (--layout llcm)."""
+    from pfanet_cli.data import synthetic  # heavy: numpy and scipy, not needed for --help
 
-    summary = render_synthetic_sysu(out, preset=preset, ids=ids, seed=seed, height=height, width=width,
-                                    workers=workers, show_progress=True)
+    renderers = {"sysu": synthetic.render_synthetic_sysu, "llcm": synthetic.render_synthetic_llcm}
+    if layout not in renderers:
+        raise UsageError(f"unknown --layout {layout!r}: choose one of {', '.join(renderers)}")
+    summary = renderers[layout](out, preset=preset, ids=ids, seed=seed, height=height, width=width,
+                                workers=workers, show_progress=True)
     console.print(f"rendered {summary.total_images:,} images into {summary.out} in {summary.seconds:.1f} s; "
-                  f"next: pfanet prepare-data sysu {summary.out}")
+                  f"next: pfanet prepare-data {layout} {summary.out}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pfanet_cli.data import regdb, sysu
+from pfanet_cli.data import llcm, regdb, sysu
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,17 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "sysu": DatasetInfo("sysu", "SYSU-MM01", sysu.ALL_CAMERAS, sysu.IR_CAMERAS, sysu.TRAIN_CLASSES, sysu.parse_path),
     "regdb": DatasetInfo("regdb", "RegDB", regdb.CAMERAS, (regdb.THERMAL,), regdb.TRAIN_CLASSES, regdb.parse_path),
+    "llcm": DatasetInfo("llcm", "LLCM", llcm.CAMERAS, llcm.NIR_CAMERAS, llcm.TRAIN_CLASSES, llcm.parse_path),
 }
+PATH_ORDER = ("llcm", "regdb", "sysu")
+"""The order paths are tried in: an LLCM path (``test_vis/cam1/0001/x.jpg``) also ends like a SYSU-MM01 one."""
 
 
 def identity_from_path(path: str) -> tuple[int, int, str | None, str | None]:
     """(pid, camid, modality, dataset) read off a raw-layout path of any known dataset;
     (-1, -1, None, None) when the path follows none of them."""
-    for info in DATASETS.values():
+    for name in PATH_ORDER:
+        info = DATASETS[name]
         parsed = info.parse_path(path)
         if parsed is not None:
             pid, camid = parsed

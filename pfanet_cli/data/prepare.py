@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pfanet_cli import __version__
-from pfanet_cli.data import regdb, sysu
+from pfanet_cli.data import llcm, regdb, sysu
 from pfanet_cli.data.format import (
     EXP_DIR,
     PREPARED_FORMAT,
@@ -288,6 +288,35 @@ def prepare_regdb(raw: Path, out: Path, trial: int = 1, height: int = 288, width
     settings = {"height": height, "width": width, "trial": trial, "fast": fast,
                 "format_version": PREPARED_FORMAT_VERSION}
     return prepare_splits(raw, Path(out), "regdb", splits, bad, settings, regdb.idx_files(raw, trial), workers,
+                          skip_bad, fast, on_progress)
+
+
+def prepare_regdb_trials(raw: Path, out_root: Path, trials: list[int], height: int = 288, width: int = 144,
+                         workers: int | None = None, skip_bad: bool = False, fast: bool = False,
+                         on_progress: Callable[[str, int, int], None] | None = None) -> list[PrepareSummary]:
+    """Prepare several RegDB trials into ``<out_root>/trial<T>``; every trial's index files are checked
+    before the first one is decoded, so a missing file stops the run before any work."""
+    raw = Path(raw)
+    _check_size(height, width)
+    for trial in trials:
+        regdb.check_trial(trial)
+        missing = [path for path in regdb.idx_files(raw, trial) if not path.is_file()]
+        if missing:
+            raise DataError(f"missing RegDB index file {missing[0]} (trial {trial}); nothing was prepared")
+    return [prepare_regdb(raw, Path(out_root) / f"trial{trial}", trial, height, width, workers, skip_bad, fast,
+                          on_progress) for trial in trials]
+
+
+def prepare_llcm(raw: Path, out: Path, height: int = 288, width: int = 144, workers: int | None = None,
+                 skip_bad: bool = False, fast: bool = False,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> PrepareSummary:
+    """Prepare LLCM: the train split from ``idx/train_{vis,nir}.txt``, the test split from the folders of
+    the ids in ``idx/test_id.txt`` (``data/llcm.py``); the idx files are copied into ``exp/``."""
+    raw = Path(raw)
+    _check_size(height, width)
+    splits, bad = llcm.scan_llcm(raw, skip_bad)
+    settings = {"height": height, "width": width, "fast": fast, "format_version": PREPARED_FORMAT_VERSION}
+    return prepare_splits(raw, Path(out), "llcm", splits, bad, settings, llcm.protocol_files(raw), workers,
                           skip_bad, fast, on_progress)
 
 

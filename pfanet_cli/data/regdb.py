@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pfanet_cli.data.format import ImageEntry
 from pfanet_cli.data.scan import require_dir
-from pfanet_cli.errors import DataError
+from pfanet_cli.errors import DataError, UsageError
 
 VISIBLE, THERMAL = 1, 2
 """Camera ids of the two modalities."""
@@ -46,6 +46,24 @@ def direction_cameras(direction: str) -> tuple[int, int]:
 def check_trial(trial: int) -> None:
     if trial not in TRIALS:
         raise DataError(f"RegDB trial must be 1..10, got {trial}")
+
+
+def parse_trials(text: str | int) -> list[int]:
+    """The trials a ``--trial`` value names: ``all`` (1..10), one trial ``3`` or a list ``1,2,5``;
+    :class:`UsageError` naming the value when it is anything else or outside 1..10."""
+    value = str(text).strip().lower()
+    if value == "all":
+        return list(TRIALS)
+    tokens = [t.strip() for t in value.split(",")]
+    if not tokens or not all(t.lstrip("-").isdigit() for t in tokens):
+        raise UsageError(f"--trial must be all, a trial 1..10 or a comma-separated list such as 1,2; got {text!r}")
+    trials = [int(t) for t in tokens]
+    outside = [t for t in trials if t not in TRIALS]
+    if outside:
+        raise UsageError(f"RegDB trial ids are 1..10, got {outside[0]} (in --trial {text})")
+    if len(set(trials)) != len(trials):
+        raise UsageError(f"--trial {text} names a trial twice")
+    return trials
 
 
 def idx_files(raw: Path, trial: int) -> list[Path]:

@@ -97,6 +97,11 @@ def format_id_list(ids: list[int]) -> str:
 # the official permutation file
 
 
+def bundled_perm_bytes() -> bytes:
+    """The official permutation file shipped with the package (``pfanet_cli/resources/README.md``)."""
+    return resources.files("pfanet_cli").joinpath(f"resources/{PERM_FILE}").read_bytes()
+
+
 def find_perm_file(folder: str | Path) -> Path | None:
     """The permutation file of a raw tree or a prepared folder (``exp/rand_perm_cam.mat``, or one at
     the folder's top), None when there is none."""

@@ -35,10 +35,11 @@ from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
 from pfanet_cli.errors import Interrupted
 from pfanet_cli.evaluation.baselines import raw_pixel_features
+from pfanet_cli.evaluation.card import FEATURE, attach_source
 from pfanet_cli.evaluation.extract import compute_features, extract_split
 from pfanet_cli.evaluation.features import FeatureSet, save_feature_set
 from pfanet_cli.evaluation.protocols import ALL_SYSU_SETTINGS, EvalResult, evaluate_sysu_settings, write_results_json
-from pfanet_cli.evaluation.run import save_ranked_list_picture
+from pfanet_cli.evaluation.run import EvaluationSource, save_ranked_list_picture, source_card
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR, build_networks
 from pfanet_cli.translate import translate_folder
 from pfanet_cli.utils.atomic import write_text
@@ -126,6 +127,7 @@ def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed:
         evaluations = {name: evaluate_sysu_settings(feats, test.pids, test.camids, test.paths, ALL_SYSU_SETTINGS,
                                                     trials=10, sampler="official", perm=perm)
                        for name, feats in features.items()}
+        _attach_cards(evaluations, trained, data)
     with stages.stage("report"):
         results = evaluations.pop("PFANet")
         figures = [_loss_figure(out / FIGURES, gan.run, joint.run),
@@ -137,6 +139,22 @@ def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed:
     _print_table(results, evaluations)
     console.print(f"report: {page}")
     return DemoResult(out, markdown, page, results, evaluations, stages.timings)
+
+
+def _attach_cards(evaluations: dict[str, list[EvalResult]], trained: FeatureSet, data: PreparedData) -> None:
+    """The source half of every card: the trained network's features, or a baseline's."""
+    base = source_card(EvaluationSource(trained, "sysu", data.root, trusted_data=True))
+    sources = {
+        "PFANet": base,
+        "raw pixels": {**base, "feature": "raw pixels, flattened and L2-normalised", "flip": "none",
+                       "checkpoint": "none (no network)"},
+        "untrained network": {**base, "feature": f"{FEATURE}, of the networks before training",
+                              "checkpoint": "none: seeded initialisation, not trained"},
+    }
+    for name, results in evaluations.items():
+        attach_source(results, sources[name])
+        for result in results:
+            result.card["sampler"] += f"; permutation file: {data.perm_file()}"
 
 
 def _translate_sample(out: Path, test: PreparedSplit, checkpoint: Path, device: str, figures: Path) -> Path:

@@ -1,6 +1,6 @@
 """The demo report: ``report.md`` and ``report.html`` (no server needed; pictures are files next to
-it) with the results table, the baselines, loss curves, translated test images, the CMC curves and
-ranked lists. Report files are written whole or not at all (temporary file + rename)."""
+it) with the results table, its protocol card, the baselines, loss curves, translated test images, the CMC
+curves and ranked lists. Report files are written whole or not at all (temporary file + rename)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from pfanet_cli.evaluation.card import card_rows
 from pfanet_cli.evaluation.protocols import METRIC_KEYS as METRICS
 from pfanet_cli.evaluation.protocols import EvalResult
 from pfanet_cli.utils.atomic import write_text
@@ -62,7 +63,7 @@ def comparison_rows(results: Sequence[EvalResult], baselines: dict[str, list[Eva
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -78,6 +79,8 @@ def _tables(content: ReportContent) -> list[tuple[str, list[str], list[list[str]
     compare_header = ["setting", "PFANet R1", "PFANet mAP"]
     for name in content.baselines:
         compare_header += [f"{name} R1", f"{name} mAP"]
+    tables.append(("Protocol card", ["field", "value"], [list(row) for row in card_rows([r.card for r in
+                                                                                           content.results])]))
     tables.append(("Against the baselines", compare_header, comparison_rows(content.results, content.baselines)))
     return tables
 

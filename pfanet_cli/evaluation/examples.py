@@ -7,8 +7,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pfanet_cli.data import llcm
 from pfanet_cli.data.sysu import SAME_ROOM, RandPerm
-from pfanet_cli.evaluation.galleries import sample_sysu_galleries
+from pfanet_cli.evaluation.galleries import sample_llcm, sample_sysu_galleries
 from pfanet_cli.evaluation.protocols import EvalResult, check_arrays, regdb_rows, sysu_query_rows
 from pfanet_cli.evaluation.ranking import cosine_normalise
 
@@ -72,6 +73,9 @@ def ranked_examples(features, pids, camids, paths, result: EvalResult, *, perm: 
     if result.dataset == "sysu":
         return sysu_ranked_examples(features, pids, camids, paths, mode=result.mode, shot=result.shot,
                                     sampler=result.sampler, perm=perm, num_queries=num_queries, k=k)
+    if result.dataset == "llcm":
+        return llcm_ranked_examples(features, pids, camids, paths, direction=result.mode, num_queries=num_queries,
+                                    k=k)
     return regdb_ranked_examples(features, pids, camids, direction=result.mode, num_queries=num_queries, k=k)
 
 
@@ -82,6 +86,20 @@ def regdb_ranked_examples(features, pids, camids, *, direction: str = "v2t", num
     picked = pick_example_queries(pids, camids, queries, gallery, num_queries)
     tops = top_k_gallery(feats, camids, picked, gallery, k=k)
     return list(zip(picked.tolist(), tops))
+
+
+def llcm_ranked_examples(features, pids, camids, paths, *, direction: str = "ir2vis", num_queries: int = 4,
+                         k: int = 10) -> list[tuple[int, np.ndarray]]:
+    """LLCM trial 0 (queries and gallery as the protocol scores them), the camera rule's junk left out."""
+    feats, pids, camids, paths = check_arrays(features, pids, camids, paths)
+    drawn = sample_llcm(pids, camids, paths, direction=direction, trials=1)[0]
+    fixed = np.flatnonzero(np.isin(camids, llcm.TEST_NIR_CAMERAS if direction == "ir2vis" else llcm.VIS_CAMERAS))
+    queries, gallery = (fixed, drawn) if direction == "ir2vis" else (drawn, fixed)
+    picked = pick_example_queries(pids, camids, queries, gallery, num_queries)
+    tops = top_k_gallery(feats, camids, picked, gallery, k=len(gallery))
+    same = [(pids[top] == pids[q]) & (llcm.physical_camera(camids[top]) == llcm.physical_camera(camids[q]))
+            for q, top in zip(picked, tops)]
+    return [(q, top[~junk][:k]) for q, top, junk in zip(picked.tolist(), tops, same)]
 
 
 def ranked_list_rows(examples: Sequence[tuple[int, Sequence[int]]], paths: Sequence[str],

@@ -21,6 +21,7 @@ from pfanet_cli.data.prepared import PreparedData, open_prepared
 from pfanet_cli.engine.checkpoint import restore_networks
 from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.evaluation.card import extraction_provenance, prepared_split
 from pfanet_cli.evaluation.features import FeatureSet, validate_arrays
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR
 from pfanet_cli.modeling.extractor import extract_test_features
@@ -93,6 +94,8 @@ def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, spli
     result = validate_arrays(features, rows.pids, rows.camids, rows.paths, dataset=data.dataset)
     perm = data.perm_file()
     result.perm_mat_bytes = perm.read_bytes() if perm else None
+    result.provenance = extraction_provenance(str(checkpoint), payload, translate,
+                                              prepared_split(data.dataset, data.manifest, str(data.root), split))
     return result
 
 
@@ -132,6 +135,9 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     if generator is not None:
         generator.to(device)
     features = compute_features(extractor, generator, images, is_rgb, model_size, batch_size, device, on_progress)
-    dataset = "regdb" if parsed and all(parts[3] == "regdb" for parts in parsed) else "sysu"
-    return validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
-                           np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)
+    datasets = {parts[3] for parts in parsed}
+    dataset = datasets.pop() if len(datasets) == 1 and None not in datasets else "sysu"
+    result = validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
+                             np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)
+    result.provenance = extraction_provenance(str(checkpoint), payload, translate, f"the images under {image_dir}")
+    return result

@@ -8,13 +8,16 @@ A ``.npz`` (no pickled objects) with
 * ``paths`` str, N, relative to the raw dataset root (``cam3/0006/0001.jpg``);
 * optional ``dataset``: ``"sysu"`` or ``"regdb"``;
 * optional ``perm_mat``: the raw bytes of the official ``rand_perm_cam.mat`` as a uint8 vector, so
-  the file carries the official gallery permutations and needs nothing else.
+  the file carries the official gallery permutations and needs nothing else;
+* optional ``provenance``: one JSON string saying how the features were made (the source half of the
+  protocol card, ``evaluation/card.py``: split, flip, feature, checkpoint); read by :func:`read_provenance`.
 
 For SYSU-MM01 it holds every test image of both modalities (queries and every gallery candidate).
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ class FeatureSet:
     dataset: str | None = None
     perm_mat_bytes: bytes | None = None
     source: Path | None = None
+    provenance: dict | None = None
+    """How the features were made (``extract`` records it; see :func:`read_provenance`)."""
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -124,7 +129,7 @@ def _path_list(paths, at: str) -> list[str]:
 
 
 def save_features(path: str | Path, features, pids, camids, paths, *, dataset: str | None = None,
-                  perm_mat_bytes: bytes | None = None) -> Path:
+                  perm_mat_bytes: bytes | None = None, provenance: dict | None = None) -> Path:
     """Validate and write a features file atomically (temporary file in the same folder, fsync, rename)."""
     path = Path(path)
     fs = validate_arrays(features, pids, camids, paths, dataset=dataset)
@@ -138,6 +143,8 @@ def save_features(path: str | Path, features, pids, camids, paths, *, dataset: s
         arrays["dataset"] = np.asarray(dataset)
     if perm_mat_bytes is not None:
         arrays["perm_mat"] = np.frombuffer(bytes(perm_mat_bytes), dtype=np.uint8)
+    if provenance is not None:
+        arrays["provenance"] = np.asarray(json.dumps(provenance, sort_keys=True))
     with atomic_write(path, durable=True) as handle:
         np.savez(handle, **arrays)
     return path
@@ -146,7 +153,22 @@ def save_features(path: str | Path, features, pids, camids, paths, *, dataset: s
 def save_feature_set(path: str | Path, feature_set: FeatureSet) -> Path:
     """:func:`save_features` for a :class:`FeatureSet` (an extraction or a loaded file)."""
     return save_features(path, feature_set.features, feature_set.pids, feature_set.camids, feature_set.paths,
-                         dataset=feature_set.dataset, perm_mat_bytes=feature_set.perm_mat_bytes)
+                         dataset=feature_set.dataset, perm_mat_bytes=feature_set.perm_mat_bytes,
+                         provenance=feature_set.provenance)
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The ``provenance`` a features file carries, None when it has none or it is unreadable (a file from
+    another codebase, or written before the key existed: the card then says ``not recorded``)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "provenance" not in npz.files:
+                return None
+            value = npz["provenance"]
+            parsed = json.loads(str(value.item())) if value.ndim == 0 and value.dtype.kind in "US" else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def load_features(path: str | Path) -> FeatureSet:

@@ -1,15 +1,16 @@
-"""SYSU-MM01 gallery samplers (SPEC §5): which RGB images form the gallery of each trial, by the
-official permutation file (``official``) or exactly as the AGW baseline code draws them (``agw``), and
-where the official permutation comes from."""
+"""Gallery samplers (SPEC §5): which RGB images form the SYSU-MM01 gallery of each trial, by the official
+permutation file (``official``) or exactly as the AGW baseline code draws them (``agw``); which images
+LLCM's reference code draws per trial (``llcm-seeded``); and where the official permutation comes from."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from pfanet_cli.data import llcm
 from pfanet_cli.data.sysu import (
     INDOOR_RGB_CAMERAS,
     PERM_TRIALS,
@@ -45,7 +46,7 @@ def shot_count(shot: str) -> int:
 # SYSU gallery samplers
 
 
-def sysu_gallery_folders(pids, camids, paths, cameras: Iterable[int]) -> dict[tuple[int, int], np.ndarray]:
+def camera_folders(pids, camids, paths, cameras: Iterable[int]) -> dict[tuple[int, int], np.ndarray]:
     """(camera, person) -> feature rows of that folder's images, sorted by file name.
 
     Only folders that hold images in the features file exist (what ``os.path.isdir`` plus a
@@ -91,16 +92,22 @@ def sample_gallery_agw(pids, camids, paths, *, mode: str = "all", shot: str = "s
     Rows are returned in the order the AGW code lists the gallery.
     """
     cams = gallery_cameras(mode)
-    k = shot_count(shot)
     check_trials(trials)
-    folders = sysu_gallery_folders(pids, camids, paths, cams)
+    return seeded_draws(camera_folders(pids, camids, paths, cams), cams, shot_count(shot), trials)
+
+
+def seeded_draws(folders: dict[tuple[int, int], np.ndarray], cameras: Sequence[int], k: int,
+                 trials: int) -> list[np.ndarray]:
+    """The AGW-style draw of each trial: ``random.seed(trial)``, ids ascending, ``cameras`` in order,
+    ``random.choice`` over a folder's sorted files (``random.sample(files, k)`` for k > 1). A private
+    ``random.Random(trial)`` gives the same stream without touching the global RNG."""
     ids = sorted({pid for (_, pid) in folders})
     galleries = []
     for trial in range(trials):
         rng = random.Random(trial)
         rows: list[int] = []
         for pid in ids:
-            for cam in cams:
+            for cam in cameras:
                 files = folders.get((cam, pid))
                 if files is None:
                     continue
@@ -111,6 +118,21 @@ def sample_gallery_agw(pids, camids, paths, *, mode: str = "all", shot: str = "s
                     rows.extend(rng.sample(files, min(k, len(files))))
         galleries.append(np.asarray(rows, dtype=np.int64))
     return galleries
+
+
+def sample_llcm(pids, camids, paths, *, direction: str = "ir2vis", trials: int = 10) -> list[np.ndarray]:
+    """The images LLCM's reference code draws in each trial, rows in its order.
+
+    ``process_gallery_llcm`` (``ZYK100/LLCM``, ``DEEN/data_manager.py``): ``random.seed(trial)``, trial =
+    0..9, at its top; test ids ascending; the cameras in order (visible ``test_vis/cam1..cam9`` for
+    ir2vis; near-infrared ``test_nir/cam1, cam2, cam4..cam9`` for vis2ir); a folder used when it exists;
+    ``random.choice`` over its files sorted by name. ir2vis draws the visible gallery; vis2ir draws the NIR
+    images, which the reference then scores as the queries (docs/protocols.md).
+    """
+    check_choice("direction", direction, llcm.DIRECTIONS)
+    check_trials(trials)
+    cams = llcm.VIS_CAMERAS if direction == "ir2vis" else llcm.TEST_NIR_CAMERAS
+    return seeded_draws(camera_folders(pids, camids, paths, cams), cams, 1, trials)
 
 
 def sample_gallery_official(pids, camids, paths, perm: RandPerm, *, mode: str = "all", shot: str = "single",
@@ -129,7 +151,7 @@ def sample_gallery_official(pids, camids, paths, perm: RandPerm, *, mode: str = 
     cams = gallery_cameras(mode)
     k = shot_count(shot)
     check_trials(trials)
-    folders = sysu_gallery_folders(pids, camids, paths, cams)
+    folders = camera_folders(pids, camids, paths, cams)
     plan: list[tuple[np.ndarray, np.ndarray]] = []
     for cam in cams:
         for pid in sorted(p for (c, p) in folders if c == cam):

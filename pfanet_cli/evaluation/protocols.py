@@ -1,4 +1,4 @@
-"""Evaluation protocols of SYSU-MM01 and RegDB (SPEC §5), exact and vectorised.
+"""Evaluation protocols of SYSU-MM01, RegDB and LLCM (SPEC §5, docs/protocols.md), exact and vectorised.
 
 What is computed (the community's rules, as in the AGW baseline's ``eval_metrics.py``):
 
@@ -12,6 +12,13 @@ What is computed (the community's rules, as in the AGW baseline's ``eval_metrics
   Queries with no positive in the gallery are left out of every average.
 * **RegDB.** Visible queries (camid 1) against the thermal gallery (camid 2), or the reverse;
   nothing removed, image-level CMC, same mAP/mINP.
+* **LLCM.** As its reference code (``ZYK100/LLCM``): ir2vis ranks every NIR test image against a visible
+  gallery of one image per (identity, camera) drawn per trial with ``random.seed(trial)``; vis2ir draws the
+  NIR images per trial and scores them as queries against every visible image (the reference's role
+  swap). A gallery image of the query's identity from the query's camera is junk; CMC de-duplicated.
+
+Every result carries its protocol card (``card.py``). With a :class:`~pfanet_cli.evaluation.rerank.RerankConfig`,
+each trial's query x gallery distances are k-reciprocal re-ranked (``rerank.py``) and ranked from those.
 
 The ranking itself is :mod:`pfanet_cli.evaluation.ranking`; the gallery samplers are
 :mod:`pfanet_cli.evaluation.galleries`.
@@ -20,25 +27,29 @@ The ranking itself is :mod:`pfanet_cli.evaluation.ranking`; the gallery samplers
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pfanet_cli.data import regdb
-from pfanet_cli.data.sysu import ALL_CAMERAS, IR_CAMERAS, SAME_ROOM, RandPerm
+from pfanet_cli.data import llcm, regdb
+from pfanet_cli.data.sysu import ALL_CAMERAS, IR_CAMERAS, RandPerm
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.evaluation.card import complete_card, protocol_card
 from pfanet_cli.evaluation.features import validate_arrays
 from pfanet_cli.evaluation.galleries import (
     check_choice,
     check_trials,
     gallery_cameras,
     load_perm,
+    sample_llcm,
     sample_sysu_galleries,
     shot_count,
 )
 from pfanet_cli.evaluation.ranking import DEFAULT_MEMORY_BUDGET, RankingEngine, TrialOutcome, cosine_normalise
+from pfanet_cli.evaluation.rerank import RerankConfig
+from pfanet_cli.evaluation.scoring import junk_groups, llcm_cameras, reranked_outcome
 from pfanet_cli.utils.atomic import write_text
 
 METRIC_KEYS = ("r1", "r5", "r10", "r20", "mAP", "mINP")
@@ -66,6 +77,8 @@ class EvalResult:
     """Mean CMC curve in percent, ranks 1..max_rank."""
     num_valid_query: int | float = 0
     """Queries with at least one positive in the gallery, the ones averaged (mean over trials)."""
+    card: dict = field(default_factory=dict)
+    """The protocol card (``card.py``): every choice behind these numbers."""
 
     @property
     def setting(self) -> str:
@@ -74,7 +87,7 @@ class EvalResult:
         return f"{self.dataset} {self.mode}"
 
     def to_json_dict(self) -> dict:
-        """Exactly the evaluation JSON of SPEC §1."""
+        """The evaluation JSON of SPEC §1, then the protocol card."""
         return {
             "dataset": self.dataset,
             "mode": self.mode,
@@ -86,7 +99,17 @@ class EvalResult:
             "metrics": {k: float(self.metrics[k]) for k in METRIC_KEYS},
             "std": {k: float(self.std[k]) for k in METRIC_KEYS},
             "per_trial": [{k: float(t[k]) for k in METRIC_KEYS} for t in self.per_trial],
+            "card": complete_card(self.card),
         }
+
+    @classmethod
+    def from_json_dict(cls, payload: Mapping) -> "EvalResult":
+        """A result read back from its JSON (no CMC curve: the JSON holds R1..R20 only)."""
+        return cls(dataset=payload["dataset"], mode=payload["mode"], shot=payload["shot"], sampler=payload["sampler"],
+                   trials=int(payload["trials"]), num_query=int(payload["num_query"]),
+                   num_gallery=payload["num_gallery"], metrics=dict(payload["metrics"]), std=dict(payload["std"]),
+                   per_trial=[dict(t) for t in payload["per_trial"]], cmc=np.zeros(0),
+                   card=dict(payload.get("card") or {}))
 
 
 def _plain_number(value: float) -> int | float:
@@ -147,7 +170,7 @@ def _trial_summary(outcome: TrialOutcome, max_rank: int) -> tuple[dict[str, floa
 
 
 def _result(dataset: str, mode: str, shot: str, sampler: str, outcomes: Sequence[TrialOutcome],
-            num_query: int, gallery_sizes: Sequence[int], max_rank: int) -> EvalResult:
+            num_query: int | float, gallery_sizes: Sequence[int], max_rank: int, card: dict) -> EvalResult:
     per_trial, curves, valid_counts = [], [], []
     for outcome in outcomes:
         metrics, curve, nvalid = _trial_summary(outcome, max_rank)
@@ -158,7 +181,7 @@ def _result(dataset: str, mode: str, shot: str, sampler: str, outcomes: Sequence
     return EvalResult(
         dataset=dataset, mode=mode, shot=shot, sampler=sampler, trials=len(outcomes), num_query=num_query,
         num_gallery=_mean_or_int(gallery_sizes), metrics=mean, std=std, per_trial=per_trial,
-        cmc=np.mean(curves, axis=0), num_valid_query=_mean_or_int(valid_counts),
+        cmc=np.mean(curves, axis=0), num_valid_query=_mean_or_int(valid_counts), card=card,
     )
 
 
@@ -178,14 +201,15 @@ def sysu_query_rows(camids: np.ndarray) -> np.ndarray:
 
 def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tuple[str, str]] = ALL_SYSU_SETTINGS,
                            *, trials: int = 10, sampler: str = "auto", perm: RandPerm | str | Path | None = None,
-                           max_rank: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[EvalResult]:
-    """Several SYSU-MM01 settings ((mode, shot) pairs) sharing one ranking of the candidates."""
+                           max_rank: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                           rerank: RerankConfig | None = None) -> list[EvalResult]:
+    """Several SYSU-MM01 settings ((mode, shot) pairs) sharing one ranking of the candidates (re-ranking,
+    when asked for, is done per trial: it depends on the trial's gallery)."""
     feats, pids, camids, paths = check_arrays(features, pids, camids, paths)
     if paths is None:
         raise DataError("the SYSU-MM01 protocol needs the image paths to sample the gallery")
     _check_cameras(camids, ALL_CAMERAS, "SYSU-MM01")
-    if len(set(paths)) != len(paths):
-        raise DataError("the features file lists an image path twice; each test image must appear once")
+    _check_unique_paths(paths)
     max_rank = _check_max_rank(max_rank)
     check_trials(trials)
     perm = load_perm(perm)
@@ -200,12 +224,29 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
         used, galleries = sample_sysu_galleries(pids, camids, paths, mode=mode, shot=shot, trials=trials,
                                                 sampler=sampler, perm=perm)
         plans.append((mode, shot, used, galleries))
-    candidates = np.unique(np.concatenate([g for *_, gals in plans for g in gals]))
-    parts: list[list[list[TrialOutcome]]] = [[[] for _ in gals] for *_, gals in plans]
+    if rerank is None:
+        parts = _sysu_outcomes(feats, pids, camids, queries, [gals for *_, gals in plans], memory_budget)
+    else:
+        parts = [[reranked_outcome(feats, pids, camids, queries, g, rerank, dedup=True, junk="sysu",
+                                   memory_budget=memory_budget) for g in gals] for *_, gals in plans]
+    described = rerank.describe() if rerank else None
+    return [
+        _result("sysu", mode, shot, used, setting, len(queries), [len(g) for g in gals], max_rank,
+                protocol_card("sysu", sampler=used, trials=trials, shot=shot, mode=mode, rerank=described))
+        for (mode, shot, used, gals), setting in zip(plans, parts)
+    ]
+
+
+def _sysu_outcomes(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, queries: np.ndarray,
+                   settings: Sequence[Sequence[np.ndarray]], memory_budget: int) -> list[list[TrialOutcome]]:
+    """Per setting and trial, the outcomes of every query, from one ranking of the union of the galleries.
+
+    One engine per query camera group: a cam3 query never sees cam2 (same room), so its candidates are the
+    others; removing them before ranking is the same as filtering each ranked list."""
+    candidates = np.unique(np.concatenate([g for gals in settings for g in gals]))
+    parts: list[list[list[TrialOutcome]]] = [[[] for _ in gals] for gals in settings]
     unit_candidates = cosine_normalise(feats[candidates])
-    # One engine per query camera group: a cam3 query never sees cam2 (same room), so its candidates
-    # are the others; removing them before ranking is the same as filtering each ranked list.
-    for hidden, rows in _junk_groups(camids, queries):
+    for hidden, rows in junk_groups(camids, queries):
         shown = slice(None) if hidden is None else camids[candidates] != hidden
         visible = candidates[shown]
         if visible.size == 0:
@@ -216,30 +257,25 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
         engine = RankingEngine(cosine_normalise(feats[rows]), pids[rows], unit_candidates[shown],
                                pids[visible], memory_budget=memory_budget)
         jobs = [([np.searchsorted(visible, g if hidden is None else g[camids[g] != hidden]) for g in gals], True)
-                for *_, gals in plans]
+                for gals in settings]
         for setting, outs in zip(parts, engine.evaluate(jobs)):
             for trial, out in zip(setting, outs):
                 trial.append(out)
         del engine
-    return [
-        _result("sysu", mode, shot, used, [TrialOutcome.concat(t) for t in setting], len(queries),
-                [len(g) for g in gals], max_rank)
-        for (mode, shot, used, gals), setting in zip(plans, parts)
-    ]
+    return [[TrialOutcome.concat(trial) for trial in setting] for setting in parts]
 
 
-def _junk_groups(camids: np.ndarray, queries: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
-    """Queries grouped by the gallery camera they must not see (SAME_ROOM), None for none."""
-    hidden = np.array([SAME_ROOM.get(int(c), -1) for c in camids[queries]])
-    return [(None if h < 0 else int(h), queries[hidden == h]) for h in np.unique(hidden)]
+def _check_unique_paths(paths: Sequence[str]) -> None:
+    if len(set(paths)) != len(paths):
+        raise DataError("the features file lists an image path twice; each test image must appear once")
 
 
 def evaluate_sysu(features, pids, camids, paths, *, mode: str = "all", shot: str = "single", trials: int = 10,
                   sampler: str = "auto", perm: RandPerm | str | Path | None = None, max_rank: int = 20,
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> EvalResult:
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, rerank: RerankConfig | None = None) -> EvalResult:
     """The SYSU-MM01 protocol for one setting; ``features`` holds every test image of both modalities."""
     return evaluate_sysu_settings(features, pids, camids, paths, [(mode, shot)], trials=trials, sampler=sampler,
-                                  perm=perm, max_rank=max_rank, memory_budget=memory_budget)[0]
+                                  perm=perm, max_rank=max_rank, memory_budget=memory_budget, rerank=rerank)[0]
 
 
 def regdb_rows(camids: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +286,7 @@ def regdb_rows(camids: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarr
 
 
 def evaluate_regdb(features, pids, camids, *, direction: str = "v2t", max_rank: int = 20,
-                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> EvalResult:
+                   memory_budget: int = DEFAULT_MEMORY_BUDGET, rerank: RerankConfig | None = None) -> EvalResult:
     """The RegDB protocol for one split: nothing removed, image-level CMC, mAP, mINP."""
     feats, pids, camids, _ = check_arrays(features, pids, camids)
     _check_cameras(camids, regdb.CAMERAS, "RegDB")
@@ -261,10 +297,63 @@ def evaluate_regdb(features, pids, camids, *, direction: str = "v2t", max_rank: 
         cam = regdb.direction_cameras(direction)[0 if missing == "query" else 1]
         raise DataError(
             f"RegDB {direction}: empty {missing} set (no {regdb.CAMERA_NAMES[cam]} images in the features file)")
+    if rerank is None:
+        engine = RankingEngine(cosine_normalise(feats[queries]), pids[queries], cosine_normalise(feats[gallery]),
+                               pids[gallery], memory_budget=memory_budget)
+        outcomes = engine.evaluate([([np.arange(len(gallery))], False)])[0]
+    else:
+        outcomes = [reranked_outcome(feats, pids, camids, queries, gallery, rerank, dedup=False, junk=None,
+                                     memory_budget=memory_budget)]
+    card = protocol_card("regdb", sampler="none", trials=1, direction=direction,
+                         rerank=rerank.describe() if rerank else None)
+    return _result("regdb", direction, "all", "none", outcomes, len(queries), [len(gallery)], max_rank, card)
+
+
+def evaluate_llcm(features, pids, camids, paths, *, direction: str = "ir2vis", trials: int = 10, max_rank: int = 20,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, rerank: RerankConfig | None = None) -> EvalResult:
+    """The LLCM protocol of the benchmark's reference code (module docstring, docs/protocols.md);
+    ``features`` holds every test image of both modalities, camids 1..9 visible and 11..19 NIR."""
+    feats, pids, camids, paths = check_arrays(features, pids, camids, paths)
+    if paths is None:
+        raise DataError("the LLCM protocol needs the image paths to draw the trials' images")
+    _check_cameras(camids, llcm.CAMERAS, "LLCM")
+    _check_unique_paths(paths)
+    max_rank = _check_max_rank(max_rank)
+    drawn = sample_llcm(pids, camids, paths, direction=direction, trials=trials)
+    fixed = np.flatnonzero(np.isin(camids, llcm.TEST_NIR_CAMERAS if direction == "ir2vis" else llcm.VIS_CAMERAS))
+    for what, rows in (("NIR", fixed if direction == "ir2vis" else drawn[0]),
+                       ("visible", drawn[0] if direction == "ir2vis" else fixed)):
+        if rows.size == 0:
+            raise DataError(f"LLCM {direction}: the features file holds no {what} test images "
+                            f"(camids {'11, 12, 14..19' if what == 'NIR' else '1..9'})")
+    trial_sets = [(fixed, g) for g in drawn] if direction == "ir2vis" else [(q, fixed) for q in drawn]
+    if rerank is not None:
+        outcomes = [reranked_outcome(feats, pids, camids, q, g, rerank, dedup=True, junk="llcm",
+                                     memory_budget=memory_budget) for q, g in trial_sets]
+    elif direction == "ir2vis":
+        candidates = np.unique(np.concatenate(drawn))
+        engine = RankingEngine(cosine_normalise(feats[fixed]), pids[fixed], cosine_normalise(feats[candidates]),
+                               pids[candidates], memory_budget=memory_budget, **llcm_cameras(camids, fixed, candidates))
+        outcomes = engine.evaluate([([np.searchsorted(candidates, g) for g in drawn], True)])[0]
+    else:
+        outcomes = _llcm_drawn_queries(feats, pids, camids, drawn, fixed, memory_budget)
+    card = protocol_card("llcm", sampler="llcm-seeded", trials=trials, direction=direction,
+                         rerank=rerank.describe() if rerank else None)
+    return _result("llcm", direction, "single", "llcm-seeded", outcomes, _mean_or_int([len(q) for q, _ in trial_sets]),
+                   [len(g) for _, g in trial_sets], max_rank, card)
+
+
+def _llcm_drawn_queries(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, drawn: Sequence[np.ndarray],
+                        gallery: np.ndarray, memory_budget: int) -> list[TrialOutcome]:
+    """vis2ir: the gallery is fixed, so every query drawn in some trial is ranked once and each trial takes
+    the outcomes of its own queries."""
+    queries = np.unique(np.concatenate(drawn))
     engine = RankingEngine(cosine_normalise(feats[queries]), pids[queries], cosine_normalise(feats[gallery]),
-                           pids[gallery], memory_budget=memory_budget)
-    outcomes = engine.evaluate([([np.arange(len(gallery))], False)])[0]
-    return _result("regdb", direction, "all", "none", outcomes, len(queries), [len(gallery)], max_rank)
+                           pids[gallery], memory_budget=memory_budget, **llcm_cameras(camids, queries, gallery))
+    every = engine.evaluate([([np.arange(len(gallery))], True)])[0][0]
+    picks = [np.searchsorted(queries, rows) for rows in drawn]
+    return [TrialOutcome(every.valid[p], every.cmc_rank[p], every.ap[p], every.inp[p]) for p in picks]
+
 
 
 def write_results_json(path: str | Path, results: Sequence[EvalResult], *, as_list: bool = False) -> Path:

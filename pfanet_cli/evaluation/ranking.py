@@ -98,7 +98,10 @@ class RankingEngine:
     """Ranks every query against every gallery candidate once, then scores any number of trials.
 
     ``queries`` and ``candidates`` are L2-normalised float64 feature rows (see
-    :func:`cosine_normalise`); the candidates' order is the tie order. A trial gallery is a set of
+    :func:`cosine_normalise`), or :meth:`from_scores` takes the similarities themselves (re-ranked
+    distances); the candidates' order is the tie order. With ``query_cameras`` and
+    ``candidate_cameras``, a candidate of the query's identity seen by the query's camera is junk (LLCM's
+    rule): removed from the query's list, neither a positive nor counted in any rank. A trial gallery is a set of
     candidate indices: its ranking is the restriction of the candidates' ranking, so a trial needs
     no new sort. Queries are processed in blocks for the matrix product (``block_rows``, bounded by
     ``memory_budget``) and in chunks of at most 128 queries for ranking and scoring, whose working
@@ -108,14 +111,16 @@ class RankingEngine:
 
     TOP_RANKS = 256  # ranks searched directly for the identities before a query's first positive
 
-    def __init__(self, queries: np.ndarray, query_pids: np.ndarray, candidates: np.ndarray,
-                 candidate_pids: np.ndarray, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 chunk_rows: int | None = None, threads: int | None = None) -> None:
-        self.queries = queries
-        self.candidates = candidates
+    def __init__(self, queries: np.ndarray | None, query_pids: np.ndarray, candidates: np.ndarray | None,
+                 candidate_pids: np.ndarray, *, scores: np.ndarray | None = None,
+                 query_cameras: np.ndarray | None = None, candidate_cameras: np.ndarray | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, chunk_rows: int | None = None,
+                 threads: int | None = None) -> None:
+        self.queries, self.candidates, self.scores = queries, candidates, scores
         self.qpids = np.asarray(query_pids, dtype=np.int64)
         self.cpids = np.asarray(candidate_pids, dtype=np.int64)
-        self.num_candidates = c = len(candidates)
+        self.num_queries = len(self.qpids)
+        self.num_candidates = c = len(self.cpids)
         if c == 0:
             raise ValueError("the engine needs at least one candidate")
         self.index_dtype = np.int16 if c + 1 <= np.iinfo(np.int16).max else np.int32
@@ -125,6 +130,23 @@ class RankingEngine:
         self.block_rows = max(self.chunk_rows, budget // (8 * c))
         self.threads = max(1, int(threads)) if threads else default_threads()
         self._identity_blocks()
+        self.query_junk = None
+        if query_cameras is not None:
+            cams = np.append(np.asarray(candidate_cameras, dtype=np.int64), np.iinfo(np.int64).min)  # C: padding
+            self.query_junk = cams[self.query_blocks] == np.asarray(query_cameras, dtype=np.int64)[:, None]
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, query_pids: np.ndarray, candidate_pids: np.ndarray,
+                    **options) -> "RankingEngine":
+        """An engine over precomputed similarities (queries x candidates, larger is better, within [-1, 1]
+        as the sort key needs); ``options`` as for the constructor."""
+        scores = np.ascontiguousarray(scores, dtype=np.float64)
+        if scores.shape != (len(query_pids), len(candidate_pids)):
+            raise ValueError(f"scores of shape {scores.shape} for {len(query_pids)} queries and "
+                             f"{len(candidate_pids)} candidates")
+        if scores.size and not (-1.0 <= scores.min() and scores.max() <= 1.0):
+            raise ValueError("scores must lie within [-1, 1]")
+        return cls(None, query_pids, None, candidate_pids, scores=scores, **options)
 
     def _identity_blocks(self) -> None:
         """For each query, the candidates of its identity (its possible positives), padded with C."""
@@ -172,14 +194,14 @@ class RankingEngine:
 
     def evaluate(self, settings: Sequence[tuple[Sequence[np.ndarray], bool]]) -> list[list[TrialOutcome]]:
         """Outcomes of each setting's trials; a setting is (galleries as candidate indices, dedup)."""
-        q, c = len(self.queries), self.num_candidates
+        q, c = self.num_queries, self.num_candidates
         outcomes = [TrialOutcome.empty(len(gals), q) for gals, _ in settings]
         if q == 0:
             return [setting.trials() for setting in outcomes]
         plans = [self._plan(gals, dedup) for gals, dedup in settings]
         b = self.chunk_rows
         block = min(self.block_rows, q)
-        sims_buffer = np.empty((block, c))
+        sims_buffer = np.empty((block, c)) if self.scores is None else None
         local = threading.local()
 
         def run_chunk(start: int, stop: int, chunk_sims: np.ndarray) -> None:
@@ -195,15 +217,19 @@ class RankingEngine:
             sort = np.argsort(positions, axis=1, kind="stable")
             cands = np.take_along_axis(cands, sort, axis=1)          # possible positives, in rank order
             positions = np.take_along_axis(positions, sort, axis=1)  # their positions (C: absent)
+            junk = None if self.query_junk is None else np.take_along_axis(self.query_junk[start:stop], sort, 1)
             for plan, out in zip(plans, outcomes):
-                self._score_chunk(plan, out, slice(start, stop), order, posrank, cands, positions,
+                self._score_chunk(plan, out, slice(start, stop), order, posrank, cands, positions, junk,
                                   local.buffers["flat"])
 
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for block_start in range(0, q, block):
                 block_stop = min(q, block_start + block)
-                sims = sims_buffer[: block_stop - block_start]
-                np.matmul(self.queries[block_start:block_stop], self.candidates.T, out=sims)
+                if self.scores is not None:
+                    sims = self.scores[block_start:block_stop]
+                else:
+                    sims = sims_buffer[: block_stop - block_start]
+                    np.matmul(self.queries[block_start:block_stop], self.candidates.T, out=sims)
                 jobs = [
                     pool.submit(run_chunk, start, min(block_stop, start + b),
                                 sims[start - block_start: min(block_stop, start + b) - block_start])
@@ -296,13 +322,20 @@ class RankingEngine:
         return before
 
     def _score_chunk(self, plan: _SettingPlan, out: TrialOutcome, rows: slice, order: np.ndarray,
-                     posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, flat: np.ndarray) -> None:
-        """Scores every trial of a setting at once: arrays are (trials, queries, possible positives)."""
+                     posrank: np.ndarray, cands: np.ndarray, positions: np.ndarray, junk: np.ndarray | None,
+                     flat: np.ndarray) -> None:
+        """Scores every trial of a setting at once: arrays are (trials, queries, possible positives).
+        ``junk`` marks the possible positives that are junk for their query (in the same rank order)."""
         ranks = np.concatenate([
             (self._members_up_to(table, order, positions, flat)[None] >> shifts[:, None, None]) & plan.mask
             for table, shifts in zip(plan.tables, plan.shifts)
         ]).astype(np.int64)
         positive = plan.is_member[:, cands]                           # in rank order
+        junk_members = None
+        if junk is not None:
+            junk_members = positive & junk[None]
+            positive = positive & ~junk[None]
+            ranks -= np.cumsum(junk_members, axis=2)                  # junk ranked above does not count
         npos = positive.sum(axis=2)
         valid = npos > 0
         ordinal = np.cumsum(positive, axis=2)
@@ -313,6 +346,8 @@ class RankingEngine:
             # one plus the identities whose best member precedes the first positive
             first = np.where(positive, positions, big).min(axis=2)
             cmc_rank = 1 + self._identities_before(plan, order, posrank, first)
+            if junk_members is not None:  # the query's own identity, seen before first only through junk
+                cmc_rank -= (junk_members & (positions[None] < first[..., None])).any(axis=2)
         else:
             cmc_rank = np.where(positive, ranks, big).min(axis=2)
         out.valid[:, rows] = valid

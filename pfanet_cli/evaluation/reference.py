@@ -1,4 +1,4 @@
-"""A plain, per-query loop implementation of the SYSU-MM01 and RegDB protocols (SPEC §5).
+"""A plain, per-query loop implementation of the SYSU-MM01, RegDB and LLCM protocols (SPEC §5).
 
 It is the oracle for :mod:`pfanet_cli.evaluation.protocols`: written straight from the rules, one
 query at a time, with its own gallery samplers, and shares no code with the toolkit's vectorised
@@ -14,6 +14,11 @@ Rules restated:
   match. RegDB: rank of the first match in the plain list.
 * AP on the junk-filtered list (no de-duplication); INP = positives / rank of the last positive.
 * Queries with no positive are skipped; metrics in percent, averaged over the valid queries.
+* LLCM (docs/protocols.md): visible camids 1..9, NIR 11..19. Per trial, random.seed(trial), ids
+  ascending, cameras in order, one random.choice per folder of sorted files: from the visible cameras
+  1..9 (ir2vis: the gallery; queries are every NIR image of cameras 1, 2, 4..9) or the NIR cameras 1, 2,
+  4..9 (vis2ir: the drawn images are the queries; the gallery is every visible image). A gallery image of
+  the query's person from the query's camera number is junk. CMC as SYSU's.
 """
 
 from __future__ import annotations
@@ -80,18 +85,21 @@ def reference_official_galleries(pids, camids, paths, perm, mode, shot, trials):
     return galleries
 
 
-def query_outcome(query_vector, query_pid, query_cam, gallery, gallery_vectors, pids, camids, *, sysu):
+def query_outcome(query_vector, query_pid, query_cam, gallery, gallery_vectors, pids, camids, *, rule):
     """(CMC rank, AP, INP) of one query, or None when the gallery holds none of its images."""
     sims = gallery_vectors @ query_vector
     ranked = gallery[np.argsort(-sims, kind="stable")]
-    if sysu and query_cam == 3:
+    if rule == "sysu" and query_cam == 3:
         ranked = ranked[camids[ranked] != 2]
+    if rule == "llcm":
+        junk = (pids[ranked] == query_pid) & (camids[ranked] % 10 == query_cam % 10)
+        ranked = ranked[~junk]
     ranked_pids = pids[ranked]
     matches = ranked_pids == query_pid
     if not matches.any():
         return None
     first = int(np.argmax(matches))
-    if sysu:
+    if rule in ("sysu", "llcm"):
         cmc_rank = len(set(ranked_pids[:first].tolist())) + 1  # identities before the first match, once each
     else:
         cmc_rank = first + 1
@@ -100,7 +108,7 @@ def query_outcome(query_vector, query_pid, query_cam, gallery, gallery_vectors, 
     return cmc_rank, float(precisions.mean()), len(positions) / positions[-1]
 
 
-def reference_trial(features, pids, camids, query_rows, gallery, *, sysu, max_rank=20):
+def reference_trial(features, pids, camids, query_rows, gallery, *, rule, max_rank=20):
     gallery = np.array(sorted(gallery))
     gallery_vectors = np.stack([unit(features[row]) for row in gallery])
     pids = np.asarray(pids)
@@ -108,7 +116,7 @@ def reference_trial(features, pids, camids, query_rows, gallery, *, sysu, max_ra
     outcomes = []
     for q in query_rows:
         outcome = query_outcome(unit(features[q]), pids[q], camids[q], gallery, gallery_vectors, pids, camids,
-                                sysu=sysu)
+                                rule=rule)
         if outcome is not None:
             outcomes.append(outcome)
     n = len(outcomes)
@@ -142,7 +150,7 @@ def reference_sysu(features, pids, camids, paths, *, mode="all", shot="single", 
         galleries = reference_official_galleries(pids, camids, paths, perm, mode, shot, trials)
     else:
         galleries = reference_agw_galleries(pids, camids, paths, mode, shot, trials)
-    results = [reference_trial(features, pids, camids, query_rows, g, sysu=True, max_rank=max_rank)
+    results = [reference_trial(features, pids, camids, query_rows, g, rule="sysu", max_rank=max_rank)
                for g in galleries]
     return _summary(results, galleries, len(query_rows))
 
@@ -153,5 +161,35 @@ def reference_regdb(features, pids, camids, *, direction="v2t", max_rank=20):
     query_cam, gallery_cam = (1, 2) if direction == "v2t" else (2, 1)
     query_rows = [row for row in range(len(pids)) if camids[row] == query_cam]
     gallery = [row for row in range(len(pids)) if camids[row] == gallery_cam]
-    result = reference_trial(features, pids, camids, query_rows, gallery, sysu=False, max_rank=max_rank)
+    result = reference_trial(features, pids, camids, query_rows, gallery, rule="regdb", max_rank=max_rank)
     return _summary([result], [gallery], len(query_rows))
+
+
+def reference_llcm_draws(pids, camids, paths, direction, trials):
+    """process_gallery_llcm: seed the trial, ids ascending, cameras in order, one choice per sorted folder."""
+    cameras = list(range(1, 10)) if direction == "ir2vis" else [11, 12, 14, 15, 16, 17, 18, 19]
+    folders = _folders(pids, camids, paths, cameras)
+    draws = []
+    for trial in range(trials):
+        random.seed(trial)
+        draws.append([random.choice(folders[(cam, pid)]) for pid in sorted({p for (_, p) in folders})
+                      for cam in cameras if (cam, pid) in folders])
+    return draws
+
+
+def reference_llcm(features, pids, camids, paths, *, direction="ir2vis", trials=10, max_rank=20):
+    pids = [int(p) for p in pids]
+    camids = [int(c) for c in camids]
+    paths = [str(p) for p in paths]
+    draws = reference_llcm_draws(pids, camids, paths, direction, trials)
+    if direction == "ir2vis":
+        fixed = [row for row in range(len(pids)) if camids[row] in (11, 12, 14, 15, 16, 17, 18, 19)]
+        trial_sets = [(fixed, drawn) for drawn in draws]
+    else:
+        fixed = [row for row in range(len(pids)) if camids[row] <= 9]
+        trial_sets = [(drawn, fixed) for drawn in draws]
+    results = [reference_trial(features, pids, camids, queries, gallery, rule="llcm", max_rank=max_rank)
+               for queries, gallery in trial_sets]
+    summary = _summary(results, [gallery for _, gallery in trial_sets], np.mean([len(q) for q, _ in trial_sets]))
+    summary["draws"] = draws
+    return summary

@@ -1,7 +1,7 @@
 """Evaluating a feature set end to end, as ``pfanet evaluate`` and the demo do: where the features come
 from (a features file, or extraction with a checkpoint from a prepared folder, opened once), which
-official permutation applies, the protocol settings, the table on screen and the files (JSON, CMC
-curves, ranked lists)."""
+official permutation applies, the protocol settings, the protocol card, the table on screen and the files
+(JSON, CMC curves, ranked lists)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,42 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from pfanet_cli.data import regdb
+from pfanet_cli.data import llcm, regdb
 from pfanet_cli.data.datasets import DATASETS
 from pfanet_cli.data.prepared import PreparedData, open_prepared
-from pfanet_cli.data.sysu import RandPerm, find_perm_file
+from pfanet_cli.data.sysu import RandPerm, bundled_perm_bytes, find_perm_file
 from pfanet_cli.errors import CheckpointError, DataError
+from pfanet_cli.evaluation.card import attach_source, card_rows, split_summary
 from pfanet_cli.evaluation.examples import ranked_examples, ranked_list_rows
-from pfanet_cli.evaluation.features import FeatureSet, load_features
-from pfanet_cli.evaluation.galleries import check_choice, load_perm
+from pfanet_cli.evaluation.features import FeatureSet, load_features, read_provenance
+from pfanet_cli.evaluation.galleries import check_choice, load_perm, sample_gallery_official
 from pfanet_cli.evaluation.protocols import (
     ALL_SYSU_SETTINGS,
     METRIC_KEYS,
     EvalResult,
+    evaluate_llcm,
     evaluate_regdb,
     evaluate_sysu_settings,
     write_results_json,
 )
+from pfanet_cli.evaluation.rerank import RerankConfig
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import ImageLoader, raw_image_loader
 from pfanet_cli.utils.plots import save_cmc_plot, save_ranked_lists
 
 DEFAULT_DATA_ROOT = Path("data/prepared")
 """Prepared folders live at ``<root>/<dataset>`` unless ``--data`` says otherwise."""
+DIRECTIONS = {"regdb": regdb.DIRECTIONS, "llcm": llcm.DIRECTIONS}
+BOTH = "both"
+BUNDLED = "the copy shipped with pfanet (pfanet_cli/resources/rand_perm_cam.mat, the real SYSU-MM01's)"
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """The official permutation an evaluation uses and where it came from (``None``: there is none)."""
+
+    perm: RandPerm | None = None
+    origin: str | None = None
 
 
 @dataclass
@@ -65,6 +79,7 @@ def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_di
     train-joint checkpoint under ``runs_root`` when None) from the prepared folder."""
     if features_file is not None:
         features = load_features(features_file)
+        features.provenance = read_provenance(features_file)
         name = _dataset_name(dataset, features)
         return EvaluationSource(features, name, data_dir or DEFAULT_DATA_ROOT / name, trusted_data=data_dir is not None)
     prepared, features = _extract(checkpoint, data_dir or DEFAULT_DATA_ROOT / (dataset or "sysu"), device, runs_root)
@@ -98,33 +113,76 @@ def _dataset_name(requested: str | None, features: FeatureSet) -> str:
     return name
 
 
-def official_permutation(source: EvaluationSource, sampler: str, perm_file: Path | None) -> RandPerm | None:
-    """The permutation the official sampler uses: ``--perm-file``, else the features file's own copy,
-    else the prepared folder's when it belongs to these features; None for the AGW sampler or when
-    there is none."""
+def official_permutation(source: EvaluationSource, sampler: str, perm_file: Path | None) -> Permutation:
+    """The permutation the official sampler uses: ``--perm-file``, else the features file's own copy, else
+    the prepared folder's when it belongs to these features, else the copy shipped with pfanet. The shipped
+    copy is the real SYSU-MM01's: ``auto`` takes it only when it fits the features (every gallery folder
+    has its entry, of the right length), ``official`` stops with the first mismatch."""
     if sampler == "agw":
-        return None
+        return Permutation()
     if perm_file is not None:
-        return load_perm(perm_file)
+        return Permutation(load_perm(perm_file), f"--perm-file {perm_file}")
     carried = source.features.perm()
     if carried is not None:
-        return carried
+        return Permutation(carried, f"carried in the features file {source.features.source or ''}".rstrip())
     found = find_perm_file(source.data_dir) if source.trusted_data else None
-    return load_perm(found) if found is not None else None
+    if found is not None:
+        return Permutation(load_perm(found), str(found))
+    bundled = load_perm(bundled_perm_bytes())
+    fs = source.features
+    try:
+        sample_gallery_official(fs.pids, fs.camids, fs.paths, bundled, mode="all", shot="single", trials=1)
+    except DataError as exc:
+        if sampler == "official":
+            raise DataError(f"--sampler official: the shipped rand_perm_cam.mat is the real SYSU-MM01's and does "
+                            f"not fit these features ({exc}); pass --perm-file or use --sampler agw") from exc
+        return Permutation()
+    return Permutation(bundled, BUNDLED)
 
 
 def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mode: str = "all",
-                    shot: str = "single", direction: str = "v2t", trials: int = 10, sampler: str = "auto",
-                    perm: RandPerm | None = None, max_rank: int = 20) -> list[EvalResult]:
-    """The dataset's protocol on the source's features: one SYSU setting or all four, one RegDB
-    direction or both."""
+                    shot: str = "single", direction: str | None = None, trials: int = 10, sampler: str = "auto",
+                    permutation: Permutation = Permutation(), max_rank: int = 20,
+                    rerank: RerankConfig | None = None) -> list[EvalResult]:
+    """The dataset's protocol on the source's features, with the protocol card completed from the source:
+    one SYSU setting or all four; one direction or both (RegDB, LLCM)."""
     fs = source.features
     if source.dataset == "sysu":
         settings = list(ALL_SYSU_SETTINGS) if all_settings else [(mode, shot)]
-        return evaluate_sysu_settings(fs.features, fs.pids, fs.camids, fs.paths, settings, trials=trials,
-                                      sampler=sampler, perm=perm, max_rank=max_rank)
-    directions = list(regdb.DIRECTIONS) if all_settings else [direction]
-    return [evaluate_regdb(fs.features, fs.pids, fs.camids, direction=d, max_rank=max_rank) for d in directions]
+        results = evaluate_sysu_settings(fs.features, fs.pids, fs.camids, fs.paths, settings, trials=trials,
+                                         sampler=sampler, perm=permutation.perm, max_rank=max_rank, rerank=rerank)
+    elif source.dataset == "llcm":
+        results = [evaluate_llcm(fs.features, fs.pids, fs.camids, fs.paths, direction=d, trials=trials,
+                                 max_rank=max_rank, rerank=rerank)
+                   for d in directions("llcm", direction, all_settings)]
+    else:
+        results = [evaluate_regdb(fs.features, fs.pids, fs.camids, direction=d, max_rank=max_rank, rerank=rerank)
+                   for d in directions("regdb", direction, all_settings)]
+    attach_source(results, source_card(source))
+    for result in results:
+        if result.sampler == "official" and permutation.origin:
+            result.card["sampler"] += f"; permutation file: {permutation.origin}"
+    return results
+
+
+def directions(dataset: str, direction: str | None, all_settings: bool = False) -> list[str]:
+    """The directions asked for: ``both`` (or ``--all-settings``) gives the dataset's two, None its first."""
+    choices = DIRECTIONS[dataset]
+    if all_settings or direction == BOTH:
+        return list(choices)
+    check_choice(f"{DATASETS[dataset].title} direction", direction or choices[0], (*choices, BOTH))
+    return [direction or choices[0]]
+
+
+def source_card(source: EvaluationSource) -> dict:
+    """The source half of the protocol card: split, flip, feature, checkpoint and the features file."""
+    fs = source.features
+    provenance = fs.provenance or {}
+    card = {key: provenance[key] for key in ("flip", "feature", "checkpoint") if key in provenance}
+    card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
+    if fs.source is not None:
+        card["features_file"] = str(fs.source)
+    return card
 
 
 def image_loader(source: EvaluationSource, image_root: Path | None) -> ImageLoader | None:
@@ -157,13 +215,16 @@ def _metric_cell(result: EvalResult, key: str) -> str:
     return f"{mean:.2f} ± {std:.2f}" if result.trials > 1 else f"{mean:.2f}"
 
 
-def print_results(results: list[EvalResult]) -> None:
-    """Metrics as rows, settings as columns (fits 80 columns with the four SYSU settings)."""
+def print_results(results: list[EvalResult], title: str | None = None) -> None:
+    """Metrics as rows, settings as columns (fits 80 columns with the four SYSU settings), then the
+    protocol card."""
     first = results[0]
-    if first.dataset == "sysu":
-        title = f"SYSU-MM01, {first.sampler} gallery sampler, {first.trials} trial{'s' * (first.trials > 1)}"
-    else:
+    plural = "s" * (first.trials > 1)
+    if title is None and first.dataset == "regdb":
         title = "RegDB (one split)"
+    elif title is None:
+        sampler = f"{first.sampler} gallery sampler" if first.dataset == "sysu" else f"{first.sampler} sampler"
+        title = f"{DATASETS[first.dataset].title}, {sampler}, {first.trials} trial{plural}"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("", no_wrap=True)
     for result in results:
@@ -180,13 +241,24 @@ def print_results(results: list[EvalResult]) -> None:
     if any(r.trials > 1 for r in results):
         note += ", mean ± std over trials; gallery = images per trial"
     console.print(f"{note}; valid queries (with a positive in the gallery) are the ones averaged", style="dim")
+    print_card(results)
+
+
+def print_card(results: list[EvalResult]) -> None:
+    """The protocol card of the results (a field that differs between them lists each value)."""
+    card = Table(title="protocol card", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
+    card.add_column("field", no_wrap=True, style="bold")
+    card.add_column("value", overflow="fold")
+    for field_name, value in card_rows([r.card for r in results]):
+        card.add_row(field_name, value)
+    console.print(card)
 
 
 def _count(value: int | float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
 
 
-def write_outputs(source: EvaluationSource, results: list[EvalResult], perm: RandPerm | None, *,
+def write_outputs(source: EvaluationSource | None, results: list[EvalResult], perm: RandPerm | None, *,
                   json_out: Path | None = None, as_list: bool = False, cmc_plot: Path | None = None,
                   ranks_image: Path | None = None, image_root: Path | None = None) -> None:
     """The files an evaluation asked for: the JSON (its CMC plot beside it unless another path is given),
@@ -196,9 +268,11 @@ def write_outputs(source: EvaluationSource, results: list[EvalResult], perm: Ran
         console.print(f"results written to {json_out}")
         if cmc_plot is None:
             cmc_plot = json_out.with_name(json_out.stem + "_cmc.png")
-    if cmc_plot is not None:
+    if cmc_plot is not None and all(r.cmc.size for r in results):
         save_cmc_plot(cmc_plot, {r.setting: r.cmc for r in results}, title=f"CMC ({results[0].dataset})")
         console.print(f"CMC curve written to {cmc_plot}")
+    elif cmc_plot is not None:
+        console.print("note: CMC plot skipped: results read back from their JSON files hold no CMC curve")
     if ranks_image is not None:
         _write_ranked_lists(source, results[0], perm, ranks_image, image_root)
 

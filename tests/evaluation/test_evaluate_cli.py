@@ -16,10 +16,7 @@ from pfanet_cli.data.format import PREPARED_FORMAT, PREPARED_FORMAT_VERSION
 from pfanet_cli.data.sysu import save_rand_perm_cam
 from pfanet_cli.evaluation.features import load_features, save_features
 from pfanet_cli.evaluation.protocols import METRIC_KEYS
-from tests.helpers import perm_for, sysu_like
-
-CONTRACT = ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery", "metrics", "std", "per_trial"]
-
+from tests.helpers import CONTRACT, perm_for, sysu_like
 
 @pytest.fixture
 def sysu_files(tmp_path: Path):
@@ -45,9 +42,15 @@ def test_json_table_and_default_cmc_plot(sysu_files, capsys):
                            "--trials", "3", "--json", out], capsys)
     assert code == 0
     payload = json.loads(out.read_text())
-    assert list(payload) == CONTRACT
+    assert list(payload) == CONTRACT + ["card"]
     assert (payload["dataset"], payload["mode"], payload["shot"], payload["sampler"], payload["trials"]) == (
         "sysu", "indoor", "multi", "official", 3)
+    card = payload["card"]
+    assert card["sampler"].startswith("official") and "carried in the features file" in card["sampler"]
+    assert card["mode"].startswith("indoor") and card["shot"].startswith("multi-shot") and card["trials"] == 3
+    assert "cam3" in card["camera_rule"] and card["rerank"] == "off"
+    assert card["features_file"] == str(sysu_files["features"]) and card["checkpoint"] == "not recorded"
+    assert "protocol card" in stdout and "camera rule" in stdout and "features file" in stdout
     assert list(payload["metrics"]) == list(METRIC_KEYS) and len(payload["per_trial"]) == 3
     assert all(0.0 <= v <= 100.0 for v in payload["metrics"].values())
     for label in ("R1", "R5", "R10", "R20", "mAP", "mINP", "queries", "gallery", "indoor/multi", "±"):
@@ -66,8 +69,8 @@ def test_all_settings_writes_a_list_of_four(sysu_files, capsys):
     payload = json.loads(out.read_text())
     assert [(p["mode"], p["shot"]) for p in payload] == [("all", "single"), ("all", "multi"),
                                                          ("indoor", "single"), ("indoor", "multi")]
-    assert {p["sampler"] for p in payload} == {"agw"}          # no permutation anywhere -> AGW sampler
-    assert all(list(p) == CONTRACT for p in payload)
+    assert {p["sampler"] for p in payload} == {"agw"}          # no permutation fits -> AGW sampler
+    assert all(list(p) == CONTRACT + ["card"] for p in payload)
     assert plot.is_file() and not out.with_name("all_cmc.png").exists()
     assert "indoor/single" in stdout and "valid queries" in stdout
 
@@ -87,7 +90,7 @@ def test_sampler_and_permutation_options(sysu_files, capsys):
     code, _, _ = run(["--features", sysu_files["bare"], "--data", data, "--trials", "2", "--json", out], capsys)
     assert code == 0 and json.loads(out.read_text())["sampler"] == "official"
     code, _, err = run(["--features", sysu_files["bare"], "--sampler", "official"], capsys)
-    assert code == 3 and "needs the permutation file" in err
+    assert code == 3 and "shipped rand_perm_cam.mat" in err and "does not fit these features" in err
 
 
 def write_prepared(folder: Path, paths, pids, camids, size=(16, 8)) -> Path:

@@ -26,26 +26,13 @@ from pfanet_cli.evaluation.protocols import (
 )
 from pfanet_cli.evaluation.ranking import RankingEngine
 from pfanet_cli.evaluation.reference import reference_regdb, reference_sysu
-from tests.helpers import SHARED, perm_for, sysu_like
+from tests.helpers import SHARED, assert_matches_oracle, perm_for, sysu_like
 
 REAL_PERM = SHARED / "sysu-mm01" / "rand_perm_cam.mat"
 
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def assert_matches_oracle(result, oracle, tol=1e-9):
-    assert result.trials == len(oracle["per_trial"])
-    for mine, ref in zip(result.per_trial, oracle["per_trial"]):
-        for key in METRIC_KEYS:
-            assert mine[key] == pytest.approx(ref[key], abs=tol), key
-    for key in METRIC_KEYS:
-        assert result.metrics[key] == pytest.approx(oracle["metrics"][key], abs=tol)
-    np.testing.assert_allclose(result.cmc, oracle["cmc"], atol=tol, rtol=0)
-    assert result.num_query == oracle["num_query"]
-    assert result.num_gallery == pytest.approx(np.mean(oracle["num_gallery"]))
-    assert result.num_valid_query == pytest.approx(np.mean(oracle["num_valid_query"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +359,7 @@ def test_ranked_examples_and_json_contract():
     result = evaluate_sysu(feats, pids, camids, paths, sampler="agw", trials=3)
     payload = result.to_json_dict()
     assert list(payload) == ["dataset", "mode", "shot", "sampler", "trials", "num_query", "num_gallery",
-                             "metrics", "std", "per_trial"]
+                             "metrics", "std", "per_trial", "card"]
+    assert payload["card"]["sampler"].startswith("agw") and payload["card"]["trials"] == 3
     assert list(payload["metrics"]) == list(METRIC_KEYS) == list(payload["std"])
     assert len(payload["per_trial"]) == 3 and json.loads(json.dumps(payload)) == payload

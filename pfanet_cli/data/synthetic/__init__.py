@@ -1,4 +1,5 @@
-"""Synthetic RGB/IR pedestrians written in the exact SYSU-MM01 raw layout (SPEC §2).
+"""Synthetic RGB/IR pedestrians written in the exact SYSU-MM01 raw layout (SPEC §2), or in the LLCM layout
+(``llcm.py``).
 
 Real SYSU-MM01 needs a signed request, so the toolkit ships this renderer. It writes
 ``cam1..cam6/<pid:04d>/<n:04d>.jpg``, ``exp/{train,val,test,available}_id.txt`` and
@@ -26,6 +27,14 @@ What an image shows
   modalities; colour never does.
 """
 
+from pfanet_cli.data.synthetic.llcm import (
+    LLCM_PRESETS,
+    LlcmPlan,
+    LlcmSummary,
+    plan_synthetic_llcm,
+    render_llcm_plan,
+    render_synthetic_llcm,
+)
 from pfanet_cli.data.synthetic.person import Identity, draw_identity
 from pfanet_cli.data.synthetic.plan import PRESETS, SyntheticPlan, plan_synthetic_sysu
 from pfanet_cli.data.synthetic.render import (
@@ -37,6 +46,12 @@ from pfanet_cli.data.synthetic.render import (
 )
 
 __all__ = [
+    "LLCM_PRESETS",
+    "LlcmPlan",
+    "LlcmSummary",
+    "plan_synthetic_llcm",
+    "render_llcm_plan",
+    "render_synthetic_llcm",
     "PRESETS",
     "MARKER_FILE",
     "SyntheticPlan",

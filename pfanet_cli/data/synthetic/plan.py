@@ -24,9 +24,9 @@ SMALL_ONE_IR_CAMERA_FRACTION = 0.1
 """Share of ids seen by only one of the two IR cameras (never by none)."""
 MAX_PID = 9999
 
-STREAM_PLAN, STREAM_IDENTITY, STREAM_TRACK, STREAM_IMAGE, STREAM_PERM = range(1, 6)
-"""Seed-sequence domains, so the generators of plan, identities, tracks, images and permutations never
-share a stream."""
+STREAM_PLAN, STREAM_IDENTITY, STREAM_TRACK, STREAM_IMAGE, STREAM_PERM, STREAM_LLCM_PLAN = range(1, 7)
+"""Seed-sequence domains, so the generators of plan, identities, tracks, images, permutations and the LLCM
+layout's plan never share a stream."""
 
 
 
@@ -66,8 +66,10 @@ class SyntheticPlan:
         return replace(self, splits=splits, counts=counts)
 
 
-def _image_size(preset: str, height: int | None, width: int | None) -> tuple[int, int]:
-    default_h, default_w = PRESETS[preset]
+def image_size(defaults: tuple[int, int], height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width) of a render: the preset's ``defaults``, or the size asked for (one side given: the
+    other keeps the preset's aspect ratio)."""
+    default_h, default_w = defaults
     if height is None and width is None:
         return default_h, default_w
     if height is None:
@@ -80,7 +82,7 @@ def _image_size(preset: str, height: int | None, width: int | None) -> tuple[int
     return int(height), int(width)
 
 
-def _proportional(total: int, weights: list[float]) -> list[int]:
+def proportional(total: int, weights: list[float]) -> list[int]:
     """Split ``total`` into parts proportional to ``weights``, each at least 1 (largest remainder)."""
     s = float(sum(weights))
     raw = [total * w / s for w in weights]
@@ -111,7 +113,7 @@ def plan_synthetic_sysu(preset: str = "small", ids: int | None = None, seed: int
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"synthetic seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
-    h, w = _image_size(preset, height, width)
+    h, w = image_size(PRESETS[preset], height, width)
     if ids is not None and (not isinstance(ids, (int, np.integer)) or isinstance(ids, bool) or ids < 3):
         raise UsageError(f"--ids must be an integer >= 3 (one id per split at least), got {ids!r}")
     if preset == "small":
@@ -123,7 +125,7 @@ def _plan_small(n_ids: int, seed: int, height: int, width: int) -> SyntheticPlan
     if n_ids > MAX_PID:
         raise UsageError(f"--ids must be at most {MAX_PID} (person folders have four digits), got {n_ids}")
     rng = np.random.default_rng([seed, STREAM_PLAN])
-    n_train, n_val, n_test = _proportional(n_ids, list(SMALL_SPLIT_FRACTIONS.values()))
+    n_train, n_val, n_test = proportional(n_ids, list(SMALL_SPLIT_FRACTIONS.values()))
     order = rng.permutation(np.arange(1, n_ids + 1))
     splits = {
         "train": sorted(int(p) for p in order[:n_train]),
@@ -164,7 +166,7 @@ def _plan_sysu(n_ids: int | None, seed: int, height: int, width: int) -> Synthet
     available = len(splits["available"])
     if n_ids > available:
         raise UsageError(f"--ids for the sysu preset must be at most {available} (the real available ids), got {n_ids}")
-    sizes = _proportional(n_ids, [len(splits[name]) for name in ("train", "val", "test")])
+    sizes = proportional(n_ids, [len(splits[name]) for name in ("train", "val", "test")])
     keep: list[int] = []
     for name, k in zip(("train", "val", "test"), sizes):
         members = splits[name]

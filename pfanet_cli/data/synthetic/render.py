@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -46,14 +47,18 @@ JPEG_QUALITY = 90
 
 
 def render_person_image(seed: int, pid: int, cam: int, n: int, height: int, width: int,
-                        identity: Identity | None = None) -> np.ndarray:
-    """Image ``n`` of person ``pid`` in camera ``cam``: uint8 H x W x 3 (R = G = B for IR cameras)."""
+                        identity: Identity | None = None, stream: int | None = None) -> np.ndarray:
+    """Image ``n`` of person ``pid`` in camera ``cam``: uint8 H x W x 3 (R = G = B for IR cameras).
+
+    ``cam`` picks the look and the scene (SYSU-MM01 cameras 1..6); ``stream`` (default ``cam``) keys the
+    person's pass and the image's random draws, so another layout can reuse a look for several cameras."""
     if cam not in CAMERAS:
         raise UsageError(f"camera must be one of {ALL_CAMERAS}, got {cam!r}")
+    key = cam if stream is None else stream
     ident = identity if identity is not None else draw_identity(seed, pid)
-    track = draw_track(seed, pid, cam)
+    track = draw_track(seed, pid, key)
     style = CAMERAS[cam]
-    rng = np.random.default_rng([seed, STREAM_IMAGE, pid, cam, n])
+    rng = np.random.default_rng([seed, STREAM_IMAGE, pid, key, n])
     u, v, labels = _place_person(ident, track, rng, height, width)
     person = labels > 0
     bg = background(cam, rng, height, width)
@@ -212,8 +217,13 @@ def _fix_mat_header(path: Path) -> None:
         fh.write(_MAT_HEADER_TEXT.ljust(116, b" "))
 
 
-def _prepare_out(out: Path) -> None:
-    """Refuse anything but a new/empty folder or a previous synthetic render (which is cleared)."""
+RENDER_FOLDERS = tuple(f"cam{c}" for c in ALL_CAMERAS) + ("exp", "train_vis", "train_nir", "test_vis", "test_nir",
+                                                          "idx")
+"""What a render of either layout (SYSU-MM01's, LLCM's) writes besides its marker: cleared before rendering over it."""
+
+
+def prepare_out(out: Path) -> None:
+    """Refuse anything but a new/empty folder or a previous synthetic render (whose folders are cleared)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file, not a folder; give a new or empty folder for the synthetic dataset")
     if out.is_dir():
@@ -223,7 +233,7 @@ def _prepare_out(out: Path) -> None:
                 f"{out} is not empty and holds no synthetic render ({MARKER_FILE} missing); "
                 "give a new or empty folder"
             )
-        for name in [f"cam{c}" for c in ALL_CAMERAS] + ["exp"]:
+        for name in RENDER_FOLDERS:
             target = out / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -290,7 +300,7 @@ def render_plan(plan: SyntheticPlan, out: Path, workers: int | None = None,
         workers = os.cpu_count() or 1
     if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
-    _prepare_out(out)
+    prepare_out(out)
     _write_marker(out, plan, complete=False)
     _write_protocol_files(out / "exp", plan)
     _render_images(out, plan, int(workers), show_progress)
@@ -314,13 +324,19 @@ def _render_images(out: Path, plan: SyntheticPlan, workers: int, show_progress: 
         cams = tuple((cam, plan.counts[cam][pid]) for cam in ALL_CAMERAS if pid in plan.counts.get(cam, {}))
         jobs.append((str(out), plan.seed, pid, cams, plan.height, plan.width))
     jobs.sort(key=lambda job: -sum(n for _, n in job[3]))
+    run_render_jobs(_render_person_job, jobs, plan.total_images, workers, show_progress, plan.preset)
+
+
+def run_render_jobs(function: Callable[[tuple], tuple[int, int]], jobs: list[tuple], total: int, workers: int,
+                    show_progress: bool, label: str) -> None:
+    """Run render jobs (each returns ``(pid, images written)``) on ``workers`` processes."""
     workers = min(workers, max(1, len(jobs)))
     pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap_unordered(_render_person_job, jobs) if pool else map(_render_person_job, jobs)
+        results = pool.imap_unordered(function, jobs) if pool else map(function, jobs)
         if show_progress:
             with progress_bar() as bar:
-                task = bar.add_task("rendering", total=plan.total_images, info=f"{plan.preset}, {workers} worker(s)")
+                task = bar.add_task("rendering", total=total, info=f"{label}, {workers} worker(s)")
                 for _, written in results:
                     bar.advance(task, written)
         else:
