@@ -23,7 +23,7 @@ from pfanet_cli.engine.checkpoint import (
 )
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.trainer import run_stage
-from pfanet_cli.errors import CheckpointError
+from pfanet_cli.errors import CheckpointError, DiskFull
 from pfanet_cli.translate import translate_folder
 from tests.helpers import FIXTURES, TINY, error_line, make_sysu_tree, tiny, weights, write_image
 
@@ -47,14 +47,14 @@ def interrupted_save(monkeypatch, error: BaseException):
     monkeypatch.setattr(torch, "save", half_written)
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
-                         ids=["disk-full", "ctrl-c"])
-def test_the_last_good_checkpoint_survives_a_failed_write(tmp_path, monkeypatch, error):
+@pytest.mark.parametrize("error, raised", [(OSError(errno.ENOSPC, "No space left on device"), DiskFull),
+                                           (KeyboardInterrupt(), KeyboardInterrupt)], ids=["disk-full", "ctrl-c"])
+def test_the_last_good_checkpoint_survives_a_failed_write(tmp_path, monkeypatch, error, raised):
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, payload(1.0))
     with monkeypatch.context() as patch:
         interrupted_save(patch, error)
-        with pytest.raises(type(error)):
+        with pytest.raises(raised):
             save_checkpoint(path, payload(2.0))
     assert torch.equal(load_checkpoint(path)["networks"]["generator_rgb2ir"]["w"], torch.ones(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
