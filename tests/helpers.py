@@ -3,6 +3,9 @@ recipe, and readers of what a run wrote."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,36 @@ def perm_for(pids, camids, seed: int = 0):
     for (c, p), n in counts.items():
         perm[c][p] = np.stack([rng.permutation(n) + 1 for _ in range(10)])
     return perm
+
+
+class SmallDisk:
+    """A size-limited tmpfs mounted at ``root`` (the machine must allow ``mount``: root in CI), to meet every
+    writer with a real full disk: :meth:`fill` takes all its free space, :meth:`free` gives it back."""
+
+    def __init__(self, root: Path, size_mb: int = 48) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(root)],
+                                capture_output=True, text=True)
+        self.mounted = result.returncode == 0
+        self.reason = result.stderr.strip()
+        self._filler = root / ".filler"
+
+    def fill(self, leave: int = 0) -> None:
+        """Write a filler file until the disk is full, then free ``leave`` bytes of it again."""
+        chunk = b"\0" * (1 << 20)
+        with open(self._filler, "ab", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        if leave:
+            os.truncate(self._filler, max(self._filler.stat().st_size - leave, 0))
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.root)], check=False)

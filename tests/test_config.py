@@ -95,9 +95,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_yaml_is_loaded_safely(tmp_path):
-    path = write(tmp_path / "evil.yaml", "name: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
+    marker = tmp_path / "ran"
+    path = write(tmp_path / "evil.yaml", f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UsageError, match=r"evil.yaml line 1 uses the Python tag !!python/object/apply:os.system; "
+                                         "recipes are plain YAML and Python tags are never constructed"):
         load_recipe(path)
+    assert not marker.exists()
 
 
 def test_valid_keys_are_dotted_leaves():

@@ -138,14 +138,19 @@ def run_lock(path: Path, command: str, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    fd = _acquire(Path(path), command)
+    path = Path(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
+    fd = _acquire(path, command)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
-            (Path(path) / LOCK_NAME).unlink()
+            (path / LOCK_NAME).unlink()
         _held_locks.discard(fd)
         os.close(fd)
+        for folder in created:  # a command that wrote nothing leaves no empty run directory behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _acquire(path: Path, command: str) -> int:
