@@ -204,7 +204,8 @@ def _note_stale_owner(fd: int, path: Path) -> None:
     pid = owner.get("pid")
     if isinstance(pid, int) and pid != os.getpid() and owner.get("host") == socket.gethostname() \
             and not process_alive(pid):
-        console.print(f"[dim]{path}: taking over the lock left by process {pid}, which no longer runs[/]")
+        console.print(f"[dim]{path}: taking over the lock left by process {pid}, which no longer runs[/]",
+                      soft_wrap=True)
 
 
 def _timestamp() -> str:

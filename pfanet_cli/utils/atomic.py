@@ -216,11 +216,12 @@ def append_line(path: str | Path, line: str) -> None:
     cut back to where it was, so it never ends in half a line."""
     path = Path(path)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    with open(path, "ab") as handle:
-        start = handle.tell()
+    with open(path, "ab", buffering=0) as handle:
+        start = handle.seek(0, os.SEEK_END)
         try:
-            handle.write(data)
-            handle.flush()
+            view = memoryview(data)
+            while view:
+                view = view[handle.write(view):]
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.truncate(path, start)
