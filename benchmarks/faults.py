@@ -292,6 +292,12 @@ def setup_commands(data: Path) -> dict[str, Callable[[Path], list[str]]]:
 
 SETUP_OUTPUTS = {"render": "raw", "prepare": "prepared", "train-gan": "gan", "train-joint": "joint",
                  "extract": "features.npz"}
+SETUP_ORDER = list(SETUP_OUTPUTS)
+"""Each setup command reads what the ones before it wrote."""
+TARGET_NEEDS = {"render": "render", "prepare": "prepare", "train-gan": "train-gan", "train-joint-warmup": "train-joint",
+                "train-joint-joint": "train-joint", "translate": "train-joint", "extract": "extract",
+                "evaluate": "extract", "demo": None}
+"""The last setup command each target needs."""
 
 
 def start_at_joint_phase(run: Path, reference: Path) -> None:
@@ -306,11 +312,16 @@ def start_at_joint_phase(run: Path, reference: Path) -> None:
     shutil.copyfile(warmup_end, run / "checkpoints/last.pt")
 
 
-def prepare_inputs(data: Path, env: dict[str, str]) -> dict[str, float]:
-    """The shared inputs of the targets (raw tree, prepared data, a train-gan and a train-joint run, features,
-    a folder of RGB images to translate), each written by an uninterrupted command; returns their durations."""
-    durations = {name: run_to_end(command(data / SETUP_OUTPUTS[name]), env)
-                 for name, command in setup_commands(data).items()}
+def prepare_inputs(data: Path, names: list[str], env: dict[str, str]) -> dict[str, float]:
+    """The shared inputs the targets ``names`` need (of: raw tree, prepared data, a train-gan and a train-joint
+    run, features, a folder of RGB images to translate), each written by an uninterrupted command; returns
+    their durations."""
+    needed = [SETUP_ORDER.index(TARGET_NEEDS[name]) for name in names if TARGET_NEEDS[name]]
+    commands = setup_commands(data)
+    durations = {name: run_to_end(commands[name](data / SETUP_OUTPUTS[name]), env)
+                 for name in SETUP_ORDER[:max(needed, default=-1) + 1]}
+    if not (data / "raw").is_dir():
+        return durations
     for image in sorted((data / "raw/cam1").rglob("*.jpg"))[:24]:
         target = data / "rgb" / image.relative_to(data / "raw")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -379,13 +390,13 @@ def main() -> None:
     env = {**os.environ, "PFANET_DEBUG": "1", "COLUMNS": "120"}
     started = time.perf_counter()
     data = work / "data"
-    data.mkdir(parents=True)
-    durations = prepare_inputs(data, env)
     all_targets = targets(data)
     names = args.targets.split(",") if args.targets else list(all_targets)
     unknown = sorted(set(names) - set(all_targets))
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(all_targets)}")
+    data.mkdir(parents=True)
+    durations = prepare_inputs(data, names, env)
     rng = random.Random(args.seed)
     share = kills_per_target(names, args.kills, rng)
     (work / "targets").mkdir()

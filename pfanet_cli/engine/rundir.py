@@ -106,6 +106,8 @@ class RunDir:
 
     def truncate_metrics(self, iteration: int, phase_order: int) -> None:
         """Drop rows logged after the checkpoint a resumed run restarts from."""
+        if not self.metrics_file.is_file():
+            return
         rows = [r for r in self.read_metrics() if (r.get("phase_order", 0), r["iteration"]) <= (phase_order, iteration)]
         write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -363,6 +363,8 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
         torch.manual_seed(recipe.train.seed + distributed.rank)
         if resume_from is not None:
             trainer.restore(resume_from)
+        elif distributed.is_main:
+            run.truncate_metrics(0, 0)  # rows of an attempt killed before its first checkpoint
         if distributed.is_main:
             initialise_run(run, recipe, trainer_class.stage, overrides, str(device))
             ranks = f" x {distributed.world_size} processes" if distributed.enabled else ""

@@ -238,8 +238,8 @@ def _check_member(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> None:
         shape, _, dtype = reader(member)
         header_size = member.tell()
     if dtype.hasobject:
-        raise DataError(f"{path}: '{key}' holds Python objects ({dtype}), which are never unpickled; store it as "
-                        "a plain array (paths as strings)")
+        raise DataError(f"{path}: '{key}' holds Python objects, which are never unpickled; store it as a plain "
+                        "array (paths as strings)")
     claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if claimed > info.file_size - header_size:
         raise DataError(f"{path}: '{key}' is truncated: its header claims {claimed:,} bytes of {shape} {dtype}, "
