@@ -62,7 +62,7 @@ def translate_command(
         skipped += (f"; skipped {len(summary.links_not_followed)} link(s) to files outside {rgb_dir} "
                     "(--follow-links reads them)")
     console.print(f"translated {summary.written} image(s) into {summary.out_dir} with {summary.checkpoint}"
-                  f"{skipped}; manifest {summary.manifest}")
+                  f"{skipped}; manifest {summary.manifest}", soft_wrap=True)
 
 
 def extract_command(
