@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,13 @@ def perm_for(pids, camids, seed: int = 0):
     for (c, p), n in counts.items():
         perm[c][p] = np.stack([rng.permutation(n) + 1 for _ in range(10)])
     return perm
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (what a killed writer's temporary files carry)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 class SmallDisk:

@@ -5,20 +5,12 @@ those of live ones are not; a read-only output folder is a one-line usage error.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from pfanet_cli.errors import DiskFull, UsageError
 from pfanet_cli.utils.atomic import append_line, check_writable_folder, remove_stale_temporaries, write_text
-
-
-def dead_pid() -> int:
-    """The id of a process that has exited."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
+from tests.helpers import dead_pid
 
 
 def test_a_full_disk_keeps_the_previous_file_and_says_what_it_needs(small_disk):
