@@ -143,3 +143,13 @@ def test_a_run_sweeps_what_a_killed_writer_left(prepared, tmp_path):
         path.write_bytes(b"half written")
     assert main(train_gan(prepared, run, "--resume", "auto")) == 0
     assert not any(path.exists() for path in leftovers)
+
+
+def test_a_fresh_start_drops_the_rows_of_an_attempt_killed_before_its_first_checkpoint(prepared, tmp_path):
+    run = tmp_path / "run"
+    assert main(train_gan(prepared, run)) == 0
+    rows = RunDir(run).read_metrics()
+    for checkpoint in (run / "checkpoints").iterdir():  # as if killed after logging, before checkpointing
+        checkpoint.unlink()
+    assert main(train_gan(prepared, run, "--resume", "auto")) == 0
+    assert [r["iteration"] for r in RunDir(run).read_metrics()] == [r["iteration"] for r in rows]
