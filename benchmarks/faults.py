@@ -42,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pfanet_cli.data.prepared import open_prepared
 from pfanet_cli.engine.checkpoint import load_checkpoint
@@ -137,12 +138,12 @@ def check_run(run: Path) -> None:
 
 
 def check_prepared(prepared: Path) -> None:
+    """The prepared folder opens with every split; when it is absent (killed before its first swap, or between
+    the two renames of a swap) the next run starts over or puts the previous version back."""
     if prepared.is_dir():
         data = open_prepared(prepared)
         for split in data.splits:
             data.split(split)
-    elif not any(prepared.parent.glob(f".{prepared.name}.old-*")):
-        pass  # nothing was swapped in yet: the next run starts over
 
 
 def check_features(path: Path) -> None:
@@ -156,8 +157,6 @@ def check_json(path: Path) -> None:
 
 
 def check_translated(out: Path) -> None:
-    from PIL import Image  # optional: only this check decodes images
-
     for image in out.rglob("*.png"):
         with Image.open(image) as opened:
             opened.load()

@@ -6,6 +6,7 @@ import errno
 import os
 import pickle
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -160,7 +161,10 @@ def test_a_checkpoint_whose_unpickling_would_run_code_runs_nothing(tmp_path, cap
         evil.write_bytes(pickle.dumps(content, protocol=4))  # torch warns about protocol 4: it must not leak
     source = tmp_path / "rgb"
     write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
-    assert main(["translate", str(source), str(tmp_path / "o"), "--checkpoint", str(evil)]) == 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["translate", str(source), str(tmp_path / "o"), "--checkpoint", str(evil)]) == 4
+    assert [str(w.message) for w in caught] == []
     err = capfd.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err and "Warning" not in err, err
     assert f"checkpoint {evil} holds Python objects that a safe load refuses" in err
