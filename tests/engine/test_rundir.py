@@ -30,6 +30,18 @@ HOLD_LOCK = textwrap.dedent("""
 """)
 
 
+KILLED_WITH_A_CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from pfanet_cli.engine.rundir import run_lock
+    with run_lock(Path(sys.argv[1]), "pfanet demo"):
+        if os.fork() == 0:
+            time.sleep(10)
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
@@ -92,19 +104,13 @@ def test_the_lock_excludes_another_open_in_the_same_process_and_is_released(tmp_
     assert not (tmp_path / "run").exists()  # created for the lock, empty again: removed
 
 
-def test_a_forked_child_does_not_keep_the_lock_alive(tmp_path):
-    with run_lock(tmp_path / "run", "parent"):
-        child = os.fork()
-        if child == 0:  # the child outlives the lock's holder below, as a decoding worker might
-            import time  # optional: only the forked child sleeps
-
-            time.sleep(3)
-            os._exit(0)
-    try:
-        with run_lock(tmp_path / "run", "next"):
-            pass
-    finally:
-        os.waitpid(child, 0)
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path):
+    """A decoding worker forked while the lock is held outlives its killed parent: the lock goes anyway."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_WITH_A_CHILD, str(tmp_path / "run")], cwd=REPO,
+                            stdout=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL and (tmp_path / "run" / LOCK_NAME).exists()
+    with run_lock(tmp_path / "run", "next"):  # while the child still sleeps
+        pass
 
 
 def test_metrics_log_survives_a_cut_last_row_and_refuses_a_corrupt_middle_one(tmp_path):
