@@ -192,3 +192,16 @@ def test_any_features_file_reads_or_is_refused_in_one_line(tmp_path_factory, con
         return
     assert result.features.dtype == np.float32 and np.isfinite(result.features).all()
     assert len(set(result.paths)) == len(result.paths) == len(result)
+
+
+@pytest.mark.parametrize("writer", [np.savez, np.savez_compressed], ids=["stored", "compressed"])
+def test_damaged_array_data_inside_an_intact_archive_is_refused(tmp_path: Path, writer):
+    feats, pids, camids, paths = arrays(n=64, dim=32)
+    path = tmp_path / "damaged.npz"
+    writer(path, features=feats, pids=pids, camids=camids, paths=np.array(paths))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"features.npy") + 200  # inside the features array, far from the directory at the end
+    data[start:start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"damaged.npz: corrupt array 'features' \("):
+        load_features(path)
