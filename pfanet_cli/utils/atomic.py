@@ -243,11 +243,11 @@ def reserve_space(handle: IO, size: int) -> None:
 
 def check_writable_folder(folder: str | Path, what: str = "output folder") -> None:
     """Exit-2 error when no file can be created in ``folder`` (read-only disk, no permission), found by
-    creating and removing a probe file; the folder is created when missing."""
+    creating and removing a probe file in it, or in its nearest existing parent when it does not exist yet."""
     folder = Path(folder)
+    existing = next((f for f in (folder, *folder.absolute().parents) if f.is_dir()), folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(folder / "write-probe"), suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(existing / "write-probe"), suffix=".tmp", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
