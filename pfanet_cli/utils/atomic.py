@@ -154,11 +154,16 @@ def atomic_write(path: str | Path, binary: bool = True, durable: bool = False,
     """Yield a handle on a temporary file next to ``path``; on success it replaces ``path`` (with the
     permissions a plain ``open`` would give). ``durable`` also fsyncs the file and its folder.
     A full disk raises :class:`DiskFull` (``size_hint``: the expected size, for its message) and leaves
-    ``path`` as it was."""
+    ``path`` as it was; a folder that cannot be written is a :class:`UsageError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            raise UsageError(f"cannot write {path} ({exc.strerror}); choose a writable location") from exc
+        raise
     tracked = None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:

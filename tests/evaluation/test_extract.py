@@ -65,3 +65,10 @@ def test_features_on_a_full_disk_keep_the_previous_file_and_finish_after(trained
     assert out.read_bytes() == before and sorted(p.name for p in small_disk.root.iterdir()) == [".filler", out.name]
     small_disk.free()
     assert main(command) == 0
+
+
+def test_features_into_a_read_only_folder_are_a_usage_error(trained, read_only_folder, capsys):
+    out = read_only_folder / "features.npz"
+    assert main(["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]),
+                 "--out", str(out)]) == 2
+    assert f"cannot write {out} (Read-only file system); choose a writable location" in error_line(capsys)
