@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from pfanet_cli.errors import UsageError
 
 MAX_RECIPE_BYTES = 1 << 20
 """A recipe file (or one override) larger than this is refused before it is parsed."""
@@ -25,8 +27,6 @@ MAX_STRING = 4096
 """The longest string a recipe value may be (paths, names)."""
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
-
-from pfanet_cli.errors import UsageError
 
 
 def _positive(value: Any) -> str | None:

@@ -16,8 +16,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 """File suffixes read as images (SYSU-MM01 ships JPEGs, RegDB bitmaps)."""
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 MAX_PIXELS = 40_000_000
-"""Larger images are refused before decoding: a person crop never comes near it (SYSU-MM01's largest
-frames are 640x480), while a small file that claims to hold more is a decompression bomb."""
+"""Larger images are refused before decoding: person images are far below it (SYSU-MM01's and RegDB's are
+well under a megapixel), while a small file that claims to hold more is a decompression bomb."""
 
 ImageLoader = Callable[[str], "np.ndarray | None"]
 """Relative path -> H x W x 3 uint8 image, or None when it cannot be found."""
