@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,13 @@ from typing import Any, Literal
 import yaml
 
 from pfanet_cli.errors import UsageError
+
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe file (or one override) larger than this is refused before it is parsed."""
+MAX_STRING = 4096
+"""The longest string a recipe value may be (paths, names)."""
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
 
 
 def _positive(value: Any) -> str | None:
@@ -202,7 +210,13 @@ def valid_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
     return keys
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, however big or deep the value is."""
+    return _REPR.repr(value)
+
+
 def _unknown_key_error(key: str, source: str) -> UsageError:
+    key = _REPR.repr(key)[1:-1] if len(key) > _REPR.maxstring else key
     candidates = valid_keys()
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not close:
@@ -221,9 +235,9 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     if origin is Literal:
         if value is False and "off" in args:
             return "off"
-        if value not in args:
+        if not any(type(value) is type(arg) and value == arg for arg in args):
             choices = ", ".join(str(a) for a in args)
-            raise UsageError(f"recipe key '{key}' in {source}: {value!r} is not one of {choices}")
+            raise UsageError(f"recipe key '{key}' in {source}: {_shown(value)} is not one of {choices}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -245,10 +259,13 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             except ValueError:
                 pass
     elif annotation is str:
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= MAX_STRING:
             return value
+        if isinstance(value, str):
+            raise UsageError(f"recipe key '{key}' in {source}: a string of {len(value):,} characters; "
+                             f"values are at most {MAX_STRING:,}")
     type_name = getattr(annotation, "__name__", str(annotation))
-    raise UsageError(f"recipe key '{key}' in {source}: expected {type_name}, got {value!r}")
+    raise UsageError(f"recipe key '{key}' in {source}: expected {type_name}, got {_shown(value)}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
@@ -271,7 +288,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
         check = names[name].metadata.get("check")
         problem = check(value) if (check and value is not None) else None
         if problem:
-            raise UsageError(f"recipe key '{key}' in {source}: {value!r} {problem}")
+            raise UsageError(f"recipe key '{key}' in {source}: {_shown(value)} {problem}")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -311,12 +328,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         names = ", ".join(sorted(bundled_recipes()))
         raise UsageError(f"recipe file not found: {path} (give a YAML file or a bundled recipe: {names})")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise UsageError(f"recipe {path} is {size:,} bytes; a recipe is a small YAML file (at most "
+                         f"{MAX_RECIPE_BYTES:,} bytes)")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise UsageError(f"recipe {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        content = _parse_yaml(path.read_text(encoding="utf-8", errors="replace"))
+    except UsageError as exc:
+        raise UsageError(f"recipe {path}{exc}") from None
     if content is None:
         content = {}
     if not isinstance(content, dict):
@@ -328,26 +347,50 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(parent, content)
 
 
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load``; a problem is a :class:`UsageError` whose text goes after the source's name."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise UsageError(f": {len(text):,} characters of YAML, more than a recipe may hold ({MAX_RECIPE_BYTES:,})")
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        tag = getattr(exc, "problem", "") or ""
+        if "python/" in tag:
+            name = tag.split("tag:yaml.org,2002:", 1)[-1].rstrip("'")
+            raise UsageError(f"{_yaml_line(exc)} uses the Python tag !!{name}; recipes are plain YAML and Python "
+                             "tags are never constructed") from None
+        raise UsageError(f"{_yaml_line(exc)} is not plain YAML: {tag}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{_yaml_line(exc)} is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise UsageError(" nests too deeply to be a recipe") from None
+
+
+def _yaml_line(exc: yaml.YAMLError) -> str:
+    line = getattr(getattr(exc, "problem_mark", None), "line", None)
+    return f" line {line + 1}" if line is not None else ""
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["model.bng=false", "joint.lr_head=0.1"]`` -> nested dict with YAML-typed values."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise UsageError(f"override '{item}' must look like key=value, e.g. joint.iterations=100")
+            raise UsageError(f"override {_shown(item)} must look like key=value, e.g. joint.iterations=100")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise UsageError(f"override '{item}' has an empty key")
+            raise UsageError(f"override {_shown(item)} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise UsageError(f"override '{item}': value is not valid YAML") from exc
+            value = _parse_yaml(raw) if raw.strip() else ""
+        except UsageError as exc:
+            raise UsageError(f"override {_shown(item)}{exc}") from None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
             existing = node.setdefault(part, {})
             if not isinstance(existing, dict):
-                raise UsageError(f"override '{item}' conflicts with another override of '{part}'")
+                raise UsageError(f"override {_shown(item)} conflicts with another override of '{part}'")
             node = existing
         node[parts[-1]] = value
     return nested

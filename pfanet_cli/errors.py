@@ -42,6 +42,12 @@ class TrainingDiverged(PfanetError):
     exit_code = EXIT_OTHER
 
 
+class DiskFull(PfanetError):
+    """A write ran out of disk space (or quota); the file it was replacing is left as it was."""
+
+    exit_code = EXIT_OTHER
+
+
 class Interrupted(PfanetError):
     """Ctrl-C: outputs that were complete are kept, nothing half-written is left behind."""
 

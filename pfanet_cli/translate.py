@@ -20,9 +20,9 @@ from PIL import Image
 from pfanet_cli.data.augment import to_uint8, to_unit_range
 from pfanet_cli.engine.checkpoint import STAGES, restore_networks
 from pfanet_cli.engine.rundir import newest_checkpoint
-from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.errors import DataError, DiskFull, UsageError
 from pfanet_cli.modeling.build import GENERATOR_RGB2IR
-from pfanet_cli.utils.atomic import save_image
+from pfanet_cli.utils.atomic import READ_ONLY_ERRNOS, check_writable_folder, save_image, write_text
 from pfanet_cli.utils.images import IMAGE_SUFFIXES, BadImage, list_images, load_rgb_and_size
 
 MANIFEST_NAME = "translate_manifest.json"
@@ -35,6 +35,8 @@ class TranslateSummary:
     written: int
     skipped: list[str]
     manifest: Path
+    links_not_followed: list[str]
+    """Links to files outside the input folder, left alone (no --follow-links)."""
 
 
 def _check_folders(rgb_dir: Path, out_dir: Path) -> list[Path]:
@@ -53,6 +55,12 @@ def _check_folders(rgb_dir: Path, out_dir: Path) -> list[Path]:
     return images
 
 
+def _outside_links(images: list[Path], rgb_dir: Path) -> list[Path]:
+    """The images that are links to files outside ``rgb_dir`` (a link inside the tree is fine)."""
+    root = rgb_dir.resolve()
+    return [image for image in images if image.is_symlink() and not image.resolve().is_relative_to(root)]
+
+
 def _targets(images: list[Path], rgb_dir: Path, out_dir: Path, overwrite: bool) -> list[Path]:
     root = out_dir.resolve()
     targets = []
@@ -67,24 +75,39 @@ def _targets(images: list[Path], rgb_dir: Path, out_dir: Path, overwrite: bool) 
     return targets
 
 
-def _write_image(pixels: np.ndarray, target: Path, size: tuple[int, int] | None) -> None:
+def _write_image(pixels: np.ndarray, target: Path, size: tuple[int, int] | None, written: int) -> None:
     image = Image.fromarray(pixels)
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    save_image(image, target)
+    try:
+        save_image(image, target)
+    except DiskFull as exc:
+        raise DiskFull(f"{exc} with --overwrite (the {written} image(s) written before stay)") from exc
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            raise UsageError(f"cannot write {target} ({exc.strerror}); choose a writable output folder") from exc
+        raise
 
 
 def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = None, runs_root: Path = Path("runs"),
                      keep_size: bool = True, batch_size: int = 32, device: str = "cpu", overwrite: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None) -> TranslateSummary:
-    """Translate every image under ``rgb_dir`` into ``out_dir`` (see the module docstring)."""
+                     on_progress: Callable[[int, int], None] | None = None,
+                     follow_links: bool = False) -> TranslateSummary:
+    """Translate every image under ``rgb_dir`` into ``out_dir`` (see the module docstring). Links to files
+    outside ``rgb_dir`` are skipped (and listed) unless ``follow_links``."""
     rgb_dir, out_dir = Path(rgb_dir), Path(out_dir)
     images = _check_folders(rgb_dir, out_dir)
+    outside = [] if follow_links else _outside_links(images, rgb_dir)
+    images = [image for image in images if image not in outside]
+    if not images:
+        raise DataError(f"every image under {rgb_dir} is a link to a file outside it; links are not followed out "
+                        "of the input folder unless you pass --follow-links")
     targets = _targets(images, rgb_dir, out_dir, overwrite)
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, STAGES, "translate")
     networks, payload = restore_networks(checkpoint, [GENERATOR_RGB2IR], "translate")
     generator = networks[GENERATOR_RGB2IR].to(device)
     height, width = (int(v) for v in payload["image_size"])
+    check_writable_folder(out_dir)
     records, skipped = [], []
     for start in range(0, len(images), batch_size):
         chunk = list(zip(images[start:start + batch_size], targets[start:start + batch_size]))
@@ -100,7 +123,7 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
             with torch.inference_mode():
                 fake = to_uint8(generator(to_unit_range(batch.to(device)))).permute(0, 2, 3, 1).cpu().numpy()
             for (source, target, original, _), pixels in zip(loaded, fake):
-                _write_image(pixels, target, original if keep_size else None)
+                _write_image(pixels, target, original if keep_size else None, len(records))
                 records.append({"source": source.relative_to(rgb_dir).as_posix(),
                                 "output": target.relative_to(out_dir).as_posix(),
                                 "size": list(original if keep_size else (width, height))})
@@ -109,9 +132,11 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
     if not records:
         raise DataError(f"none of the {len(images)} image files under {rgb_dir} could be decoded "
                         f"(first: {skipped[0]})")
+    links = [link.relative_to(rgb_dir).as_posix() for link in outside]
     manifest = out_dir / MANIFEST_NAME
-    manifest.write_text(json.dumps({
+    write_text(manifest, json.dumps({
         "checkpoint": str(checkpoint), "stage": payload["stage"], "model_size": [height, width],
         "keep_size": keep_size, "source": str(rgb_dir), "images": records, "skipped": skipped,
-    }, indent=2), encoding="utf-8")
-    return TranslateSummary(out_dir, checkpoint, len(records), skipped, manifest)
+        "links_not_followed": links,
+    }, indent=2))
+    return TranslateSummary(out_dir, checkpoint, len(records), skipped, manifest, links)

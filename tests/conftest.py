@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
-from tests.helpers import SMALL_SPLITS, TINY, make_sysu_tree, small_layout
+from tests.helpers import SMALL_SPLITS, TINY, SmallDisk, make_sysu_tree, small_layout
 
 
 @pytest.fixture
@@ -33,3 +34,30 @@ def trained(tmp_path_factory) -> dict[str, Path]:
                       init_gan=gan.checkpoint)
     return {"root": root, "raw": raw, "prep": root / "prep", "gan": gan.checkpoint, "joint": joint.checkpoint,
             "runs": root / "runs"}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 48 MB tmpfs to fill up (skipped where the machine does not allow mounting one)."""
+    disk = SmallDisk(tmp_path / "disk")
+    if not disk.mounted:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({disk.reason}); CI runs as root and can")
+    try:
+        yield disk
+    finally:
+        disk.close()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """A folder on a read-only file system (a read-only tmpfs: even root cannot write there)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({result.stderr.strip()}); CI runs as root and can")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

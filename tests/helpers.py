@@ -3,6 +3,10 @@ recipe, and readers of what a run wrote."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +220,43 @@ def assert_matches_oracle(result, oracle, tol=1e-9):
     assert result.num_query == oracle["num_query"]
     assert result.num_gallery == pytest.approx(np.mean(oracle["num_gallery"]))
     assert result.num_valid_query == pytest.approx(np.mean(oracle["num_valid_query"]))
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (what a killed writer's temporary files carry)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+class SmallDisk:
+    """A size-limited tmpfs mounted at ``root`` (the machine must allow ``mount``: root in CI), to meet every
+    writer with a real full disk: :meth:`fill` takes all its free space, :meth:`free` gives it back."""
+
+    def __init__(self, root: Path, size_mb: int = 48) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(root)],
+                                capture_output=True, text=True)
+        self.mounted = result.returncode == 0
+        self.reason = result.stderr.strip()
+        self._filler = root / ".filler"
+
+    def fill(self, leave: int = 0) -> None:
+        """Write a filler file until the disk is full, then free ``leave`` bytes of it again."""
+        chunk = b"\0" * (1 << 20)
+        with open(self._filler, "ab", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        if leave:
+            os.truncate(self._filler, max(self._filler.stat().st_size - leave, 0))
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.root)], check=False)

@@ -9,6 +9,7 @@ import pytest
 
 from pfanet_cli import __version__
 from pfanet_cli.cli import main
+from tests.helpers import error_line
 
 COMMANDS = [
     ["prepare-data", "sysu"], ["prepare-data", "regdb"], ["prepare-data", "llcm"], ["prepare-data", "synthetic"],
@@ -65,3 +66,14 @@ def test_unexpected_errors_are_one_line_with_exit_1(monkeypatch, capsys, tmp_pat
     assert main(["prepare-data", "sysu", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: RuntimeError: disk on fire (run with --debug for the traceback)"
+
+
+def test_a_full_disk_in_a_writer_without_its_own_message_is_still_one_line(tmp_path, small_disk, capsys):
+    small_disk.fill()
+    out = small_disk.root / "raw"
+    assert main(["prepare-data", "synthetic", str(out), "--ids", "8", "--workers", "1"]) == 1
+    message = error_line(capsys)
+    assert message.startswith("error: no space left on the device writing ") and str(small_disk.root) in message
+    assert "free some space and run the same command again" in message
+    small_disk.free()
+    assert main(["prepare-data", "synthetic", str(out), "--ids", "8", "--workers", "1"]) == 0

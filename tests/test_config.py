@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pfanet_cli.config import Recipe, dump_recipe, load_recipe, recipe_to_dict, valid_keys
+from pfanet_cli.cli import main
+from pfanet_cli.config import MAX_RECIPE_BYTES, Recipe, dump_recipe, load_recipe, recipe_to_dict, valid_keys
 from pfanet_cli.errors import UsageError
+from tests.helpers import TINY, error_line
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -95,9 +99,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_yaml_is_loaded_safely(tmp_path):
-    path = write(tmp_path / "evil.yaml", "name: !!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
+    marker = tmp_path / "ran"
+    path = write(tmp_path / "evil.yaml", f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UsageError, match=r"evil.yaml line 1 uses the Python tag !!python/object/apply:os.system; "
+                                         "recipes are plain YAML and Python tags are never constructed"):
         load_recipe(path)
+    assert not marker.exists()
 
 
 def test_valid_keys_are_dotted_leaves():
@@ -127,3 +134,42 @@ def test_an_unquoted_off_is_the_choice_off():
     assert load_recipe(None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(UsageError, match="train.amp.*True is not one of auto, off, bf16, fp16"):
         load_recipe(None, ["train.amp=on"])
+
+
+def test_a_ten_megabyte_string_is_refused_before_it_is_parsed(tmp_path, capsys):
+    path = write(tmp_path / "huge.yaml", "name: " + "x" * 10_000_000 + "\n")
+    assert main(["train-gan", str(path), "--dry-run"]) == 2
+    assert f"recipe {path.resolve()} is 10,000,007 bytes; a recipe is a small YAML file (at most " \
+           f"{MAX_RECIPE_BYTES:,} bytes)" in error_line(capsys)
+    assert main(["train-gan", str(TINY), "--dry-run", "data.root=" + "d" * 5000]) == 2
+    assert "recipe key 'data.root' in" in error_line(capsys)
+
+
+def test_python_tags_in_overrides_and_deep_nesting_are_usage_errors(capsys):
+    assert main(["train-gan", str(TINY), "--dry-run", "model.bng=!!python/object/apply:os.getcwd []"]) == 2
+    assert "uses the Python tag !!python/object/apply:os.getcwd" in error_line(capsys)
+    assert main(["train-gan", str(TINY), "--dry-run", "model.bng=" + "[" * 20000]) == 2
+    assert "nests too deeply to be a recipe" in error_line(capsys)
+
+
+YAML_PIECES = st.sampled_from(["1", "-2", "0.5", "1e-3", ".nan", ".inf", "true", "~", "null", "''", "[1, 2]",
+                               "{a: 1}", "[", "{", "!!python/object:os.system {}", "!!binary aGk=", "&a [*a]",
+                               "*b", "'x", "\"\\u0000\"", "resnet18", "1" * 40, "- a", ": :", "? [a]: b",
+                               "[" * 3000])
+KEYS = st.one_of(st.sampled_from(valid_keys() + ["model", "train", "joint.loss", "", ".", "a..b", "model."]),
+                 st.text(max_size=20))
+OVERRIDES = st.lists(st.one_of(
+    st.builds(lambda k, v: f"{k}={v}", KEYS, st.one_of(YAML_PIECES, st.text(max_size=30))),
+    st.text(max_size=30)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(overrides=OVERRIDES)
+def test_any_overrides_give_a_recipe_or_a_usage_error(overrides):
+    try:
+        recipe = load_recipe(TINY, overrides)
+    except UsageError as exc:
+        assert str(exc)
+        return
+    assert isinstance(recipe, Recipe)
+    dump_recipe(recipe)  # what config.yaml will hold

@@ -4,6 +4,7 @@ results.json in the evaluation contract, and a clean stop and resume after Ctrl-
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image
 
 from pfanet_cli.demo.pipeline import run_demo
-from pfanet_cli.errors import Interrupted
+from pfanet_cli.demo.report import ReportContent, write_report
+from pfanet_cli.errors import DiskFull, Interrupted
 from tests.helpers import CONTRACT
 
 pytestmark = pytest.mark.slow  # the whole pipeline, minutes on 2 cores with the browser check
@@ -82,6 +84,7 @@ def test_pictures_are_not_blank(demo):
 def test_report_renders_in_headless_chromium(demo, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
+        assert not os.environ.get("PFANET_REQUIRE_BROWSER"), "CI (.ci/run) needs Chromium for this check"
         pytest.skip("headless Chromium is not installed (apt-get install chromium to run this check)")
     shot = tmp_path / "page.png"
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -111,3 +114,16 @@ def test_interrupted_demo_leaves_no_report_and_resumes(tmp_path, monkeypatch):
     result = run_tiny_demo(out)
     assert result.report_html.is_file()
     assert trained.stat().st_mtime_ns == stamp  # finished training was resumed, not repeated
+
+
+def test_the_report_on_a_full_disk_keeps_the_previous_one_and_is_written_after(demo, small_disk):
+    content = ReportContent("demo", ["summary"], demo.results, demo.baselines)
+    markdown, page = write_report(small_disk.root, content)
+    before = (markdown.read_bytes(), page.read_bytes())
+    small_disk.fill()
+    with pytest.raises(DiskFull, match=f"writing {markdown}: it needs about .* the previous report.md is unchanged"):
+        write_report(small_disk.root, ReportContent("demo again", ["summary"] * 2000, demo.results, demo.baselines))
+    assert (markdown.read_bytes(), page.read_bytes()) == before
+    small_disk.free()
+    write_report(small_disk.root, ReportContent("demo again", ["summary"] * 2000, demo.results, demo.baselines))
+    assert "demo again" in page.read_text()

@@ -4,6 +4,7 @@ checkpoint by default, and its bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -87,3 +88,71 @@ def test_no_checkpoint_anywhere(tmp_path, capsys):
     write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
     assert main(["translate", str(source), str(tmp_path / "o"), "--runs-root", str(tmp_path / "runs")]) == 4
     assert "no train-gan or train-joint checkpoint found" in error_line(capsys)
+
+
+def bomb(path: Path, side: int = 8000) -> Path:
+    """A small PNG that declares side x side pixels (a decompression bomb)."""
+    Image.new("1", (side, side)).save(path)
+    return path
+
+
+def test_a_decompression_bomb_and_an_empty_file_are_skipped_and_named(trained, tmp_path, capsys):
+    source = tmp_path / "rgb"
+    write_image(source / "good.jpg", np.random.default_rng(0), (64, 32))
+    assert bomb(source / "bomb.png").stat().st_size < 100_000
+    bomb(source / "huge.png", 20_000)  # past the limit at which PIL itself refuses
+    (source / "empty.jpg").write_bytes(b"")
+    assert main(["translate", str(source), str(tmp_path / "out"), "--checkpoint", str(trained["gan"])]) == 0
+    assert "translated 1 image(s)" in capsys.readouterr().out
+    skipped = json.loads((tmp_path / "out/translate_manifest.json").read_text())["skipped"]
+    assert skipped[0].startswith("bomb.png: 8000x8000 pixels, more than the 40,000,000 an image may have")
+    assert skipped[1] == "empty.jpg: empty file (0 bytes)"
+    assert skipped[2].startswith("huge.png: more pixels than an image may have (a decompression bomb?)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.jpg", "translate_manifest.json"]
+
+
+def test_links_out_of_the_source_are_not_followed_unless_asked(trained, tmp_path, capsys):
+    outside = tmp_path / "private"
+    write_image(outside / "secret.jpg", np.random.default_rng(1), (64, 32))
+    source = tmp_path / "rgb"
+    write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
+    (source / "inside.jpg").symlink_to(source / "a.jpg")
+    (source / "secret.jpg").symlink_to(outside / "secret.jpg")
+    ckpt = ["--checkpoint", str(trained["gan"])]
+    assert main(["translate", str(source), str(tmp_path / "out"), *ckpt]) == 0
+    assert f"skipped 1 link(s) to files outside {source} (--follow-links reads them)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "inside.jpg", "translate_manifest.json"]
+    manifest = json.loads((tmp_path / "out/translate_manifest.json").read_text())
+    assert manifest["links_not_followed"] == ["secret.jpg"]
+    assert main(["translate", str(source), str(tmp_path / "all"), *ckpt, "--follow-links"]) == 0
+    assert (tmp_path / "all/secret.jpg").is_file()
+    (source / "a.jpg").unlink()
+    (source / "inside.jpg").unlink()
+    assert main(["translate", str(source), str(tmp_path / "none"), *ckpt]) == 3
+    assert "every image under" in error_line(capsys) and not (tmp_path / "none").exists()
+
+
+def test_a_read_only_output_folder_is_a_usage_error(trained, tmp_path, read_only_folder, capsys):
+    source = tmp_path / "rgb"
+    write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
+    assert main(["translate", str(source), str(read_only_folder), "--checkpoint", str(trained["gan"])]) == 2
+    assert f"cannot write into the output folder {read_only_folder} (Read-only file system)" in error_line(capsys)
+
+
+def test_translated_images_on_a_full_disk_keep_earlier_outputs_and_finish_after(trained, tmp_path, small_disk,
+                                                                                capsys):
+    source = tmp_path / "rgb"
+    for n in range(6):
+        write_image(source / f"{n}.png", np.random.default_rng(n), (200, 100))
+    out = small_disk.root / "out"
+    command = ["translate", str(source), str(out), "--checkpoint", str(trained["gan"]), "--batch-size", "2"]
+    assert main(command) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    small_disk.fill()
+    assert main([*command, "--overwrite"]) == 1
+    message = error_line(capsys)
+    assert f"no space left on the device writing {out / '0.png'}" in message
+    assert "run the same command again with --overwrite (the 0 image(s) written before stay)" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    small_disk.free()
+    assert main([*command, "--overwrite"]) == 0

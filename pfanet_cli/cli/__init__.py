@@ -15,6 +15,7 @@ import typer
 from pfanet_cli import __version__
 from pfanet_cli.cli import common, data, demo, evaluate, inference, train, trials
 from pfanet_cli.errors import EXIT_OTHER, PfanetError
+from pfanet_cli.utils.atomic import disk_full, is_out_of_space
 from pfanet_cli.utils.console import error_console
 
 app = typer.Typer(
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except PfanetError as exc:
         return _report(exc, str(exc).replace("\n", " "), exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the CLI boundary reports everything on one line
+        if is_out_of_space(exc):  # a writer without its own disk-full message (e.g. the synthetic renderer)
+            where = getattr(exc, "filename", None) or "."
+            return _report(exc, str(disk_full(where, previous_kept=False)), EXIT_OTHER)
         hint = "" if common.debug_enabled() else " (run with --debug for the traceback)"
         return _report(exc, f"{type(exc).__name__}: {exc}{hint}", EXIT_OTHER)
     return 0

@@ -47,12 +47,13 @@ def _run_with_progress(prepare: Callable, **kwargs) -> None:
 def _report(summary) -> None:
     counts = ", ".join(f"{name} {n:,}" for name, n in summary.counts.items())
     if summary.skipped_unchanged:
-        console.print(f"{summary.out} is up to date with its source ({counts} images); nothing to do")
+        console.print(f"{summary.out} is up to date with its source ({counts} images); nothing to do",
+                      soft_wrap=True)
         return
     skipped = f"; skipped {len(summary.bad_files)} bad file(s)" if summary.bad_files else ""
     console.print(
         f"prepared {summary.dataset} into {summary.out}: {counts} images "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:,.0f} images/s){skipped}"
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:,.0f} images/s){skipped}", soft_wrap=True
     )
 
 
@@ -148,4 +149,4 @@ def synthetic_command(
     summary = renderers[layout](out, preset=preset, ids=ids, seed=seed, height=height, width=width,
                                 workers=workers, show_progress=True)
     console.print(f"rendered {summary.total_images:,} images into {summary.out} in {summary.seconds:.1f} s; "
-                  f"next: pfanet prepare-data {layout} {summary.out}")
+                  f"next: pfanet prepare-data {layout} {summary.out}", soft_wrap=True)

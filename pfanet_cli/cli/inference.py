@@ -44,6 +44,8 @@ def translate_command(
                            help="write each output at its input's size (default) or at the model's input size")
     ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace outputs that already exist")] = False,
+    follow_links: Annotated[bool, typer.Option(
+        "--follow-links", help="also read links to files outside RGB_DIR (skipped and listed by default)")] = False,
     batch_size: BatchOption = 32,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
@@ -53,10 +55,14 @@ def translate_command(
 
     with progress_bar() as progress:
         summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
-                                   _device(device), overwrite, _progress_callback(progress, "translate"))
+                                   _device(device), overwrite, _progress_callback(progress, "translate"),
+                                   follow_links)
     skipped = f"; skipped {len(summary.skipped)} undecodable file(s)" if summary.skipped else ""
+    if summary.links_not_followed:
+        skipped += (f"; skipped {len(summary.links_not_followed)} link(s) to files outside {rgb_dir} "
+                    "(--follow-links reads them)")
     console.print(f"translated {summary.written} image(s) into {summary.out_dir} with {summary.checkpoint}"
-                  f"{skipped}; manifest {summary.manifest}")
+                  f"{skipped}; manifest {summary.manifest}", soft_wrap=True)
 
 
 def extract_command(

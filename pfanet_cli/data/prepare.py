@@ -37,6 +37,7 @@ from pfanet_cli.data.format import (
     write_manifest,
 )
 from pfanet_cli.errors import DataError, UsageError
+from pfanet_cli.utils.atomic import process_alive, raise_disk_full, reserve_space
 from pfanet_cli.utils.images import BadImage, load_rgb
 
 CHUNK_SIZE = 256
@@ -121,9 +122,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 def decode_images(raw: Path, files: list[str], npy: Path, size: tuple[int, int], workers: int,
                   fast: bool = False, on_progress: Callable[[int], None] | None = None) -> list[tuple[int, str]]:
     """Decode ``files`` into a new ``.npy`` of shape N×H×W×3; returns ``(row, message)`` of bad files."""
-    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(files), size[0], size[1], 3))
-    data_offset = array.offset
-    del array
+    data_offset = _new_array_file(npy, (len(files), size[0], size[1], 3))
     tasks = [
         (str(npy), data_offset, str(raw), start, files[start:start + CHUNK_SIZE], size, fast)
         for start in range(0, len(files), CHUNK_SIZE)
@@ -143,12 +142,23 @@ def decode_images(raw: Path, files: list[str], npy: Path, size: tuple[int, int],
     return sorted(bad)
 
 
+def _new_array_file(npy: Path, shape: tuple[int, ...]) -> int:
+    """Create a uint8 ``.npy`` of ``shape`` with its space allocated on the disk; returns the data offset."""
+    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shape)
+    data_offset = array.offset
+    del array
+    with open(npy, "r+b") as handle:
+        reserve_space(handle, data_offset + int(np.prod(shape)))
+    return data_offset
+
+
 def _drop_rows(npy: Path, rows: list[int]) -> None:
     """Rewrite ``npy`` without ``rows`` (only used when --skip-bad skipped undecodable files)."""
     source = np.load(npy, mmap_mode="r")
     keep = np.setdiff1d(np.arange(len(source)), rows)
     compact = npy.with_suffix(".compact.npy")
-    target = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(keep),) + source.shape[1:])
+    _new_array_file(compact, (len(keep),) + source.shape[1:])
+    target = np.load(compact, mmap_mode="r+")
     for start in range(0, len(keep), CHUNK_SIZE):
         target[start:start + CHUNK_SIZE] = source[keep[start:start + CHUNK_SIZE]]
     target.flush()
@@ -158,6 +168,20 @@ def _drop_rows(npy: Path, rows: list[int]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # The prepare pipeline
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Undo what a killed prepare-data left beside ``out``: its half-built ``.NAME.tmp-PID`` folder, and the
+    previous version moved aside as ``.NAME.old-PID`` in the instant before the new one took its place
+    (put back when ``out`` is missing)."""
+    for entry in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = entry.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(entry, out)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -183,6 +207,8 @@ def prepare_splits(raw: Path, out: Path, dataset: str, splits: dict[str, list[Im
     """Decode and write every split of ``splits``; a no-op when ``out`` already matches the source."""
     started = time.perf_counter()
     out = Path(out)
+    if out.parent.is_dir():
+        _recover_interrupted(out)
     _check_output_dir(out)
     fingerprint = source_fingerprint(raw, splits, extra_files, settings)
     counts = {name: len(entries) for name, entries in splits.items()}
@@ -198,26 +224,27 @@ def prepare_splits(raw: Path, out: Path, dataset: str, splits: dict[str, list[Im
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     bad_files = list(bad_listing)
+    needed = sum(len(entries) for entries in splits.values()) * decode.size[0] * decode.size[1] * 3
     try:
-        final_splits = {name: decode.split(tmp, name, entries, bad_files) for name, entries in splits.items()}
-        _copy_exp(tmp, extra_files)
-        seconds = time.perf_counter() - started
-        manifest = {
-            "format": PREPARED_FORMAT,
-            "format_version": PREPARED_FORMAT_VERSION,
-            "dataset": dataset,
-            "size": list(decode.size),
-            "settings": settings,
-            "source": str(raw.resolve()),
-            "fingerprint": fingerprint,
-            "splits": {name: _split_counts(entries) for name, entries in final_splits.items()},
-            "num_classes": len({e.label for e in final_splits["train"]}),
-            "skipped_files": bad_files,
-            "toolkit_version": __version__,
-            "seconds": round(seconds, 3),
-        }
-        write_manifest(tmp, manifest)
-        _replace_dir(tmp, out)
+        with raise_disk_full(out, needed):
+            final_splits = {name: decode.split(tmp, name, entries, bad_files) for name, entries in splits.items()}
+            _copy_exp(tmp, extra_files)
+            seconds = time.perf_counter() - started
+            write_manifest(tmp, {
+                "format": PREPARED_FORMAT,
+                "format_version": PREPARED_FORMAT_VERSION,
+                "dataset": dataset,
+                "size": list(decode.size),
+                "settings": settings,
+                "source": str(raw.resolve()),
+                "fingerprint": fingerprint,
+                "splits": {name: _split_counts(entries) for name, entries in final_splits.items()},
+                "num_classes": len({e.label for e in final_splits["train"]}),
+                "skipped_files": bad_files,
+                "toolkit_version": __version__,
+                "seconds": round(seconds, 3),
+            })
+            _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(len(e) for e in final_splits.values())

@@ -91,6 +91,9 @@ def open_prepared(root: str | Path) -> PreparedData:
     """Open a prepared directory written by ``prepare-data``; errors say how to create one."""
     root = Path(root)
     if not root.is_dir():
+        if any(root.parent.glob(f".{root.name}.old-*")):
+            raise DataError(f"prepared data not found at {root}: an interrupted prepare-data left the previous "
+                            "version beside it; run the same prepare-data command again to put it back")
         raise DataError(f"prepared data not found at {root} (run 'pfanet prepare-data sysu' or pass --data)")
     manifest = read_manifest(root)
     if manifest is None:
@@ -103,21 +106,33 @@ def open_prepared(root: str | Path) -> PreparedData:
     return PreparedData(root, manifest)
 
 
+def _map_images(npy: Path) -> np.ndarray:
+    """The image array, memory-mapped read-only; a file shorter than its header says is an error here,
+    not a crash when a missing row is read."""
+    try:
+        images = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{npy}: unreadable or truncated image array ({exc}); re-run 'pfanet prepare-data'") \
+            from exc
+    if not isinstance(images, np.memmap):
+        raise DataError(f"{npy} is not an .npy image array; re-run 'pfanet prepare-data'")
+    return images
+
+
 def _load_split(root: Path, name: str) -> PreparedSplit:
     npy, index = images_file(root, name), index_file(root, name)
     for path in (npy, index):
         if not path.is_file():
             raise DataError(f"prepared data is incomplete: {path} is missing; re-run 'pfanet prepare-data'")
-    try:
-        images = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{npy}: unreadable image array ({exc}); re-run 'pfanet prepare-data'") from exc
+    images = _map_images(npy)
     rows = read_index(index)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) != len(rows):
-        raise DataError(
-            f"{npy}: shape {images.shape} {images.dtype} does not match {len(rows)} index rows "
-            "(expected N×H×W×3 uint8); re-run 'pfanet prepare-data'"
-        )
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"{npy}: shape {images.shape} {images.dtype} is not N×H×W×3 uint8; "
+                        "re-run 'pfanet prepare-data'")
+    if len(images) != len(rows):
+        relation = "fewer" if len(images) < len(rows) else "more"
+        raise DataError(f"{npy} holds {len(images)} images, {relation} than the {len(rows)} rows of {index.name}; "
+                        "re-run 'pfanet prepare-data'")
     return PreparedSplit(
         name=name,
         images=images,

@@ -28,7 +28,7 @@ from pfanet_cli.data.prepared import PreparedData, PreparedSplit, open_prepared
 from pfanet_cli.data.synthetic import render_synthetic_sysu
 from pfanet_cli.data.sysu import RandPerm, load_rand_perm_cam
 from pfanet_cli.demo.report import Figure, ReportContent, setting_name, write_report
-from pfanet_cli.engine.rundir import RunDir, loss_series
+from pfanet_cli.engine.rundir import RunDir, loss_series, run_lock
 from pfanet_cli.engine.runtime import resolve_device
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.train_joint import JointTrainer
@@ -94,7 +94,8 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | Non
     config = demo_recipe(out, recipe, overrides, device, seed)
     stages = _Stages()
     try:
-        return _run(out, config, list(overrides), ids, seed, stages)
+        with run_lock(out, "pfanet demo"):
+            return _run(out, config, list(overrides), ids, seed, stages)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"demo interrupted during '{stages.current}'; finished stages are kept and no report was half-written "

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,7 +21,8 @@ from pfanet_cli import __version__
 from pfanet_cli.config import ModelConfig, build_recipe
 from pfanet_cli.errors import CheckpointError, UsageError
 from pfanet_cli.modeling.build import build_networks
-from pfanet_cli.utils.atomic import atomic_write
+from pfanet_cli.utils.atomic import atomic_write, raise_disk_full
+from pfanet_cli.utils.safe_torch import safe_torch_load
 
 CHECKPOINT_FORMAT = "pfanet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -31,12 +30,25 @@ STAGES = ("train-gan", "train-joint")
 ARCHITECTURE_BEFORE_THE_KEY = {"input_norm": "none"}
 """``model`` keys added with a default other than the behaviour before them: a checkpoint written without the
 key was trained this way (F fed [-1, 1] images before ``model.input_norm`` existed)."""
+CHECKPOINT_ADVICE = "use a checkpoint written by pfanet train-gan or train-joint"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically and durably: a crash or a full disk leaves the previous file untouched."""
-    with atomic_write(path, durable=True) as handle:
+    """Write ``payload`` atomically and durably: a crash or a full disk (:class:`DiskFull`, naming the
+    space needed) leaves the previous file untouched."""
+    with atomic_write(path, durable=True, size_hint=tensor_bytes(payload)) as handle:
         torch.save(payload, handle)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a nested structure of dicts, lists and tuples (a checkpoint's size, nearly)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def link_checkpoint(source: Path, target: Path) -> None:
@@ -46,7 +58,12 @@ def link_checkpoint(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        shutil.copyfile(source, tmp)
+        try:
+            with raise_disk_full(target, source.stat().st_size):
+                shutil.copyfile(source, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, target)
 
 
@@ -61,10 +78,7 @@ def existing_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and sanity-check a checkpoint; every failure is a one-line :class:`CheckpointError`."""
     path = existing_checkpoint(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt and cannot be loaded ({_first_line(exc)})") from exc
+    payload = safe_torch_load(path, "checkpoint", CHECKPOINT_ADVICE)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pfanet checkpoint (no '{CHECKPOINT_FORMAT}' format field)")
     version = payload.get("format_version")
@@ -74,11 +88,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{CHECKPOINT_VERSION}"
         )
     return payload
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def require_networks(payload: dict[str, Any], path: Path, keys: Iterable[str], purpose: str) -> None:

@@ -5,15 +5,19 @@ runs folder. A run directory is never silently overwritten: reusing one needs ``
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
+import os
 import pickle
 import platform
+import socket
 import subprocess
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy
 import torch
@@ -22,10 +26,14 @@ import yaml
 
 from pfanet_cli import __version__
 from pfanet_cli.config import Recipe, dump_recipe
-from pfanet_cli.errors import CheckpointError, UsageError
+from pfanet_cli.errors import CheckpointError, DataError, UsageError
+from pfanet_cli.utils.atomic import append_line, process_alive, remove_stale_temporaries, write_text
+from pfanet_cli.utils.console import console
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
+LOCK_NAME = ".pfanet-lock"
+"""The one-writer lock of a run directory (it exists while a command writes there)."""
 
 
 NON_LOSS_KEYS = frozenset({"stage", "phase", "phase_order", "iteration", "global_iteration", "lr",
@@ -73,18 +81,136 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        """One row, appended whole (a full disk leaves the file as it was and raises ``DiskFull``)."""
+        append_line(self.metrics_file, json.dumps(row))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl``; a last line cut short by a killed process is left out."""
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
+        lines = self.metrics_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                if number == len(lines):
+                    break
+                raise DataError(f"{self.metrics_file}:{number} is not a JSON row; remove the line or the file")
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def remove_stale_files(self) -> None:
+        """Temporary files a killed writer left behind (call with the run's lock held)."""
+        for folder in (self.path, self.checkpoints, self.samples):
+            remove_stale_temporaries(folder)
+        (self.checkpoints / f".{LAST_NAME}.link").unlink(missing_ok=True)
 
     def truncate_metrics(self, iteration: int, phase_order: int) -> None:
         """Drop rows logged after the checkpoint a resumed run restarts from."""
+        if not self.metrics_file.is_file():
+            return
         rows = [r for r in self.read_metrics() if (r.get("phase_order", 0), r["iteration"]) <= (phase_order, iteration)]
-        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per run directory
+
+
+_held_locks: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (e.g. a decoding worker), drop its copies of the parent's lock descriptors, so the
+    lock goes away with the parent even when a child outlives it."""
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, command: str, enabled: bool = True) -> Iterator[None]:
+    """Hold the one-writer lock of the run directory ``path`` (created when missing) while the block runs.
+
+    Another process holding it is an exit-2 error naming that process. The lock is the kernel's
+    (``flock``), so it dies with its process: a lock file left by a killed process is taken over."""
+    if not enabled:
+        yield
+        return
+    path = Path(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
+    fd = _acquire(path, command)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (path / LOCK_NAME).unlink()
+        _held_locks.discard(fd)
+        os.close(fd)
+        for folder in created:  # a command that wrote nothing leaves no empty run directory behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _acquire(path: Path, command: str) -> int:
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UsageError(f"run directory {path} is in use by {holder}; wait for it to finish or stop it "
+                             "(two writers would mix their checkpoints)") from None
+        except OSError:
+            pass  # a file system without flock: go on unlocked rather than refuse to train
+        try:
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+    _note_stale_owner(fd, path)
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": _timestamp()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    _held_locks.add(fd)
+    return fd
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8", errors="replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _lock_holder(fd: int) -> str:
+    owner = _read_owner(fd)
+    if "pid" not in owner:
+        return "another process"
+    where = f" on {owner['host']}" if owner.get("host") not in (None, socket.gethostname()) else ""
+    what = f"{owner.get('command', 'pfanet')}, started {owner.get('started', '?')}"
+    return f"process {owner['pid']}{where} ({what})"
+
+
+def _note_stale_owner(fd: int, path: Path) -> None:
+    owner = _read_owner(fd)
+    pid = owner.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and owner.get("host") == socket.gethostname() \
+            and not process_alive(pid):
+        console.print(f"[dim]{path}: taking over the lock left by process {pid}, which no longer runs[/]",
+                      soft_wrap=True)
 
 
 def _timestamp() -> str:
@@ -134,11 +260,11 @@ def initialise_run(run: RunDir, recipe: Recipe, stage: str, overrides: list[str]
     """Write the run's description files (rewritten on resume: they describe the latest start)."""
     run.path.mkdir(parents=True, exist_ok=True)
     run.checkpoints.mkdir(exist_ok=True)
-    (run.path / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-    (run.path / "overrides.txt").write_text("".join(o + "\n" for o in overrides), encoding="utf-8")
-    (run.path / "env.txt").write_text(environment_report(device), encoding="utf-8")
+    write_text(run.path / "config.yaml", dump_recipe(recipe))
+    write_text(run.path / "overrides.txt", "".join(o + "\n" for o in overrides))
+    write_text(run.path / "env.txt", environment_report(device))
     info = {"stage": stage, "recipe": recipe.name, "created": _timestamp(), **(extra or {})}
-    (run.path / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
+    write_text(run.path / "run.yaml", yaml.safe_dump(info, sort_keys=False))
 
 
 def environment_report(device: str) -> str:

@@ -39,7 +39,7 @@ from pfanet_cli.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from pfanet_cli.engine.rundir import RunDir, checkpoint_name, initialise_run, loss_values, resolve_run
+from pfanet_cli.engine.rundir import RunDir, checkpoint_name, initialise_run, loss_values, resolve_run, run_lock
 from pfanet_cli.engine.runtime import (
     Distributed,
     agree_across_ranks,
@@ -404,22 +404,27 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
     distributed, device = init_distributed(recipe.train.device)
     run, resume_from = agree_across_ranks(distributed,
                                           lambda: resolve_run(recipe, trainer_class.stage, out, resume))
-    data = open_prepared(recipe.data.root)
-    check_data_matches_recipe(data, recipe)
-    set_determinism(recipe.train.deterministic)
-    allow_tf32(recipe.train.tf32)
-    torch.manual_seed(recipe.train.seed)
-    trainer = trainer_class(recipe, run, data, device, distributed, show_progress,
-                            fresh=resume_from is None, **trainer_options)
-    torch.manual_seed(recipe.train.seed + distributed.rank)
-    if resume_from is not None:
-        trainer.restore(resume_from)
-    if distributed.is_main:
-        initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
-        ranks = f" x {distributed.world_size} processes ({distributed.backend})" if distributed.enabled else ""
-        precision = describe_precision(device, trainer.amp, recipe.train.tf32)
-        console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks}, {precision} -> {run.path}")
-    checkpoint = trainer.run_training()
+    with run_lock(run.path, f"pfanet {trainer_class.stage}", enabled=distributed.is_main):
+        if distributed.is_main:
+            run.remove_stale_files()
+        data = open_prepared(recipe.data.root)
+        check_data_matches_recipe(data, recipe)
+        set_determinism(recipe.train.deterministic)
+        allow_tf32(recipe.train.tf32)
+        torch.manual_seed(recipe.train.seed)
+        trainer = trainer_class(recipe, run, data, device, distributed, show_progress,
+                                fresh=resume_from is None, **trainer_options)
+        torch.manual_seed(recipe.train.seed + distributed.rank)
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        elif distributed.is_main:
+            run.truncate_metrics(0, 0)  # rows of an attempt killed before its first checkpoint
+        if distributed.is_main:
+            initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
+            ranks = f" x {distributed.world_size} processes ({distributed.backend})" if distributed.enabled else ""
+            precision = describe_precision(device, trainer.amp, recipe.train.tf32)
+            console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks}, {precision} -> {run.path}")
+        checkpoint = trainer.run_training()
     return StageResult(run, checkpoint)
 
 

@@ -99,14 +99,7 @@ def validate_arrays(features, pids, camids, paths, *, dataset: str | None = None
     if len(set(lengths.values())) != 1:
         shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
         raise DataError(f"{at}mismatched lengths ({shown}); every array needs one entry per image")
-    finite = np.isfinite(feats)
-    if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
-        named = f", {path_list[int(bad_rows[0])]}" if path_list else ""
-        raise DataError(
-            f"{at}'features' holds NaN or inf values in {len(bad_rows)} rows (first: row {int(bad_rows[0])}"
-            f"{named}); re-extract the features"
-        )
+    _check_rows(feats, path_list, at)
     if dataset is not None and dataset not in DATASETS:
         raise DataError(f"{at}'dataset' is {dataset!r}, expected one of {', '.join(DATASETS)}")
     return FeatureSet(
@@ -119,13 +112,34 @@ def validate_arrays(features, pids, camids, paths, *, dataset: str | None = None
     )
 
 
+def _check_rows(feats: np.ndarray, paths: list[str], at: str) -> None:
+    """Every row finite and not all zero (neither has a direction to rank by), every path once."""
+    for problem, bad in (("NaN or inf values", ~np.isfinite(feats).all(axis=1)),
+                         ("only zeros", ~feats.any(axis=1))):
+        rows = np.flatnonzero(bad)
+        if len(rows):
+            named = f", {paths[int(rows[0])]}" if paths else ""
+            raise DataError(f"{at}'features' holds {problem} in {len(rows)} rows (first: row {int(rows[0])}{named}); "
+                            "re-extract the features")
+    if len(set(paths)) != len(paths):
+        first = {}
+        for row, path in enumerate(paths):
+            if path in first:
+                raise DataError(f"{at}path {path} appears twice (rows {first[path]} and {row}); every image must "
+                                "appear once")
+            first[path] = row
+
+
 def _path_list(paths, at: str) -> list[str]:
     path_arr = np.asarray(paths)
     if path_arr.ndim != 1:
         raise DataError(f"{at}'paths' must be a 1-D vector of strings, got shape {path_arr.shape}")
     if path_arr.dtype.kind not in "US" and not (path_arr.size == 0 and path_arr.dtype.kind == "f"):
         raise DataError(f"{at}'paths' must be strings, got {path_arr.dtype}")
-    return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in path_arr.tolist()]
+    try:
+        return [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in path_arr.tolist()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{at}'paths' holds bytes that are not UTF-8 text ({exc.reason})") from exc
 
 
 def save_features(path: str | Path, features, pids, camids, paths, *, dataset: str | None = None,
@@ -145,7 +159,7 @@ def save_features(path: str | Path, features, pids, camids, paths, *, dataset: s
         arrays["perm_mat"] = np.frombuffer(bytes(perm_mat_bytes), dtype=np.uint8)
     if provenance is not None:
         arrays["provenance"] = np.asarray(json.dumps(provenance, sort_keys=True))
-    with atomic_write(path, durable=True) as handle:
+    with atomic_write(path, durable=True, size_hint=sum(a.nbytes for a in arrays.values())) as handle:
         np.savez(handle, **arrays)
     return path
 
@@ -172,14 +186,16 @@ def read_provenance(path: str | Path) -> dict | None:
 
 
 def load_features(path: str | Path) -> FeatureSet:
-    """Read and validate a features file; every problem is a :class:`DataError` naming the file."""
+    """Read and validate a features file; every problem is a :class:`DataError` naming the file. Nothing is
+    unpickled, and an array header that claims more data than the file holds is refused before any memory
+    is allocated for it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"features file {path} not found (write one with `pfanet extract`)")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable features .npz ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes numpy raise
+        raise DataError(f"{path}: not a readable features .npz ({_reason(exc)})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: a single .npy array, expected an .npz with {', '.join(REQUIRED_KEYS)}")
     with npz:
@@ -189,18 +205,14 @@ def load_features(path: str | Path) -> FeatureSet:
                 f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                 f"(a features file holds {', '.join(REQUIRED_KEYS)}; found {', '.join(npz.files) or 'nothing'})"
             )
-        try:
-            arrays = {k: npz[k] for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in npz.files}
-        except ValueError as exc:  # object arrays need pickle, which is refused
-            raise DataError(f"{path}: holds Python objects ({exc}); store paths as a string array") from exc
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise DataError(f"{path}: corrupt features file ({exc})") from exc
+        arrays = _read_arrays(npz, path, [k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in npz.files])
     dataset = None
     if "dataset" in arrays:
         value = arrays["dataset"]
         if value.ndim != 0 or value.dtype.kind not in "US":
             raise DataError(f"{path}: 'dataset' must be one string, got {value.dtype} shape {value.shape}")
-        dataset = str(value.item().decode() if isinstance(value.item(), bytes) else value.item())
+        item = value.item()
+        dataset = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
     fs = validate_arrays(arrays["features"], arrays["pids"], arrays["camids"], arrays["paths"], dataset=dataset,
                          source=path)
     if "perm_mat" in arrays:
@@ -210,3 +222,47 @@ def load_features(path: str | Path) -> FeatureSet:
                             f"got {perm.dtype} shape {perm.shape}")
         fs.perm_mat_bytes = perm.tobytes()
     return fs
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_arrays(npz: np.lib.npyio.NpzFile, path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an open .npz, each header checked first (no Python objects, no more data
+    claimed than the member holds)."""
+    arrays = {}
+    for key in keys:
+        try:
+            _check_member(npz, key, path)
+            arrays[key] = npz[key]
+        except DataError:
+            raise
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+                raise DataError(f"{path}: '{key}' holds Python objects, which are never unpickled; store it as a "
+                                "plain array (paths as strings)") from None
+            raise DataError(f"{path}: corrupt array '{key}' ({_reason(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - zip, zlib, EOF and memory errors of a damaged file
+            raise DataError(f"{path}: corrupt array '{key}' ({_reason(exc)})") from None
+    return arrays
+
+
+def _check_member(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> None:
+    name = key if key in npz.zip.namelist() else f"{key}.npy"
+    info = npz.zip.getinfo(name)
+    with npz.zip.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise DataError(f"{path}: '{key}' has an unknown .npy format version {version}")
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(member)
+        header_size = member.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: '{key}' holds Python objects, which are never unpickled; store it as a plain "
+                        "array (paths as strings)")
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if claimed > info.file_size - header_size:
+        raise DataError(f"{path}: '{key}' is truncated: its header claims {claimed:,} bytes of {shape} {dtype}, "
+                        f"the file holds {max(info.file_size - header_size, 0):,}")

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pfanet_cli.errors import CheckpointError, UsageError
 from pfanet_cli.modeling.extractor import FeatureExtractor
+from pfanet_cli.utils.safe_torch import safe_torch_load
 
 # torchvision's IMAGENET1K_V1 files (the weights the ReID literature uses), then the older file names of the
 # same weights that a torch hub cache may still hold.
@@ -30,14 +31,7 @@ def imagenet_weight_file(backbone: str) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt file to the user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read backbone weights {path}: not a PyTorch state dict or corrupt ({reason[:120]}); "
-            "replace the file"
-        ) from None
+    obj = safe_torch_load(path, "backbone weights file", "replace the file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):

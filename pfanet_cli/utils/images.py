@@ -4,6 +4,8 @@ pictures."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +15,9 @@ from PIL import Image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 """File suffixes read as images (SYSU-MM01 ships JPEGs, RegDB bitmaps)."""
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+MAX_PIXELS = 40_000_000
+"""Larger images are refused before decoding: person images are far below it (SYSU-MM01's and RegDB's are
+well under a megapixel), while a small file that claims to hold more is a decompression bomb."""
 
 ImageLoader = Callable[[str], "np.ndarray | None"]
 """Relative path -> H x W x 3 uint8 image, or None when it cannot be found."""
@@ -36,15 +41,25 @@ def load_rgb_and_size(path: Path, size: tuple[int, int] | None = None,
                       fast: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`load_rgb` plus the file's own (width, height)."""
     try:
-        with Image.open(path) as image:
+        if os.path.getsize(path) == 0:
+            raise BadImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image_file = Image.open(path)
+        with image_file as image:
             original = image.size
+            if original[0] * original[1] > MAX_PIXELS:
+                raise BadImage(f"{original[0]}x{original[1]} pixels, more than the {MAX_PIXELS:,} an image may "
+                               "have (a decompression bomb?)")
             if fast and size is not None:
                 image.draft("RGB", (size[1], size[0]))
             image = _to_rgb(image)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.LANCZOS)
             return np.asarray(image, dtype=np.uint8), original
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"more pixels than an image may have (a decompression bomb?): {exc}") from exc
+    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise BadImage(f"{exc}") from exc
 
 

@@ -15,7 +15,7 @@ from pfanet_cli.cli import main
 from pfanet_cli.errors import DataError
 from pfanet_cli.data.prepare import prepare_regdb, prepare_sysu
 from pfanet_cli.data.sysu import scan_sysu
-from tests.helpers import SMALL_SPLITS, make_regdb_tree, make_sysu_tree, small_layout, write_image
+from tests.helpers import SMALL_SPLITS, dead_pid, make_regdb_tree, make_sysu_tree, small_layout, write_image
 from pfanet_cli.data.prepared import open_prepared
 
 H, W = 32, 16
@@ -285,3 +285,66 @@ def test_output_that_is_not_prepared_data_is_refused(sysu_tree, tmp_path, capsys
 def test_size_not_divisible_by_16_is_a_usage_error(sysu_tree, tmp_path, capsys):
     assert main(["prepare-data", "sysu", str(sysu_tree), "--out", str(tmp_path / "p"), "--height", "30"]) == 2
     assert "multiples of 16" in error_line(capsys)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("0002.jpg", b"", "empty file (0 bytes)"),
+    ("0002.png", None, "8000x8000 pixels, more than the 40,000,000 an image may have (a decompression bomb?)"),
+])
+def test_empty_and_bomb_images_are_named_or_skipped(sysu_tree, tmp_path, capsys, name, content, reason):
+    target = sysu_tree / "cam1/0001" / name
+    if content is None:
+        Image.new("1", (8000, 8000)).save(target)
+    else:
+        target.write_bytes(content)
+    assert run_sysu(sysu_tree, tmp_path / "prep") == 3
+    assert f"cannot decode cam1/0001/{name}: {reason}" in error_line(capsys)
+    assert run_sysu(sysu_tree, tmp_path / "prep", "--skip-bad") == 0
+    assert open_prepared(tmp_path / "prep").manifest["skipped_files"] == [f"cam1/0001/{name}"]
+
+
+def test_an_image_array_shorter_than_its_index_is_refused(sysu_tree, tmp_path, capsys):
+    out = tmp_path / "prep"
+    assert run_sysu(sysu_tree, out) == 0
+    images = np.load(out / "train_images.npy")
+    np.save(out / "train_images.npy", images[:-2])
+    with pytest.raises(DataError, match=rf"train_images.npy holds {len(images) - 2} images, fewer than the "
+                                        rf"{len(images)} rows of train_index.csv; re-run 'pfanet prepare-data'"):
+        open_prepared(out).split("train")
+    data = (out / "train_images.npy").read_bytes()
+    (out / "train_images.npy").write_bytes(data[:len(data) // 2])  # the header still claims every row
+    with pytest.raises(DataError, match="train_images.npy: unreadable or truncated image array"):
+        open_prepared(out).split("train")
+
+
+def test_prepared_arrays_on_a_full_disk_keep_the_previous_data_and_finish_after(sysu_tree, small_disk, capsys):
+    out = small_disk.root / "prep"
+    assert main(["prepare-data", "sysu", str(sysu_tree), "--out", str(out), "--height", "32", "--width", "16",
+                 "--train-split", "train"]) == 0
+    assert run_sysu(sysu_tree, out) == 0  # replacing a previous preparation fits
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    small_disk.fill(leave=8 << 10)
+    assert main(["prepare-data", "sysu", str(sysu_tree), "--out", str(out), "--height", "64", "--width", "32"]) == 1
+    message = error_line(capsys)
+    assert f"no space left on the device writing {out}: it needs about" in message
+    assert "the previous prep is unchanged; free some space and run the same command again" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in small_disk.root.iterdir()) == [".filler", "prep"]
+    small_disk.free()
+    assert main(["prepare-data", "sysu", str(sysu_tree), "--out", str(out), "--height", "64", "--width", "32"]) == 0
+    assert open_prepared(out).image_size == (64, 32)
+
+
+def test_a_prepare_killed_between_its_two_renames_is_put_back(sysu_tree, tmp_path, capsys):
+    out = tmp_path / "prep"
+    assert run_sysu(sysu_tree, out) == 0
+    before = (out / "manifest.json").read_text()
+    dead = tmp_path / f".prep.old-{dead_pid()}"
+    os.replace(out, dead)  # what a kill between moving the old data aside and moving the new one in leaves
+    (tmp_path / f".prep.tmp-{dead_pid()}").mkdir()
+    with pytest.raises(DataError, match="an interrupted prepare-data left the previous version beside it"):
+        open_prepared(out)
+    assert run_sysu(sysu_tree, out) == 0
+    assert "is up to date with its source" in " ".join(capsys.readouterr().out.split())
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SYSU-MM01", "prep"]

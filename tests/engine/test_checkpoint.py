@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ from pfanet_cli.engine.checkpoint import (
 )
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.trainer import run_stage
-from pfanet_cli.errors import CheckpointError
+from pfanet_cli.errors import CheckpointError, DiskFull
 from pfanet_cli.translate import translate_folder
 from tests.helpers import FIXTURES, TINY, error_line, make_sysu_tree, tiny, weights, write_image
 
@@ -47,14 +49,14 @@ def interrupted_save(monkeypatch, error: BaseException):
     monkeypatch.setattr(torch, "save", half_written)
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
-                         ids=["disk-full", "ctrl-c"])
-def test_the_last_good_checkpoint_survives_a_failed_write(tmp_path, monkeypatch, error):
+@pytest.mark.parametrize("error, raised", [(OSError(errno.ENOSPC, "No space left on device"), DiskFull),
+                                           (KeyboardInterrupt(), KeyboardInterrupt)], ids=["disk-full", "ctrl-c"])
+def test_the_last_good_checkpoint_survives_a_failed_write(tmp_path, monkeypatch, error, raised):
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, payload(1.0))
     with monkeypatch.context() as patch:
         interrupted_save(patch, error)
-        with pytest.raises(type(error)):
+        with pytest.raises(raised):
             save_checkpoint(path, payload(2.0))
     assert torch.equal(load_checkpoint(path)["networks"]["generator_rgb2ir"]["w"], torch.ones(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
@@ -136,3 +138,66 @@ def test_a_checkpoint_written_before_the_reorganisation_loads_translates_and_res
                         show_progress=False)
     assert load_checkpoint(resumed.checkpoint)["iteration"] == 4
     assert weights(resumed.checkpoint).keys() == weights(LEGACY_GAN).keys()
+
+
+class RunsCode:
+    """An object whose unpickling runs ``os.system``: what a hostile checkpoint would hold."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("layout", ["torch-zip", "bare-pickle"])
+def test_a_checkpoint_whose_unpickling_would_run_code_runs_nothing(tmp_path, capfd, layout):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    content = {"format": CHECKPOINT_FORMAT, "networks": RunsCode(marker)}
+    if layout == "torch-zip":
+        torch.save(content, evil)
+    else:
+        evil.write_bytes(pickle.dumps(content, protocol=4))  # torch warns about protocol 4: it must not leak
+    source = tmp_path / "rgb"
+    write_image(source / "a.jpg", np.random.default_rng(0), (64, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["translate", str(source), str(tmp_path / "o"), "--checkpoint", str(evil)]) == 4
+    assert [str(w.message) for w in caught] == []
+    err = capfd.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and "Warning" not in err, err
+    assert f"checkpoint {evil} holds Python objects that a safe load refuses" in err
+    assert "nothing in it was run" in err and "weights_only" not in err
+    assert not marker.exists()
+
+
+def test_empty_and_garbage_checkpoints_are_named_as_such(tmp_path, capsys):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_bytes(b"hello, this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"text.pt is truncated or corrupt .*not a file that torch.save wrote"):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def test_a_training_checkpoint_on_a_full_disk_keeps_the_last_good_one_and_resumes_after(small_disk, tmp_path,
+                                                                                       capsys):
+    layout = {c: {pid: 2 for pid in range(1, 6)} for c in range(1, 7)}
+    raw = make_sysu_tree(tmp_path / "raw", layout, {"train": [1, 2, 3], "val": [4], "test": [5]}, sizes=((64, 32),))
+    prepare_sysu(raw, tmp_path / "prep", height=64, width=32, workers=1)
+    run = small_disk.root / "run"
+    command = ["train-gan", str(TINY), f"data.root={tmp_path / 'prep'}", "train.sample_every=100",
+               "train.checkpoint_every=1", "--out", str(run)]
+    assert main([*command, "gan.iterations=2"]) == 0
+    before = (run / "checkpoints/last.pt").read_bytes()
+    small_disk.fill(leave=64 << 10)  # room for the run's text files, not for a checkpoint
+    assert main([*command, "gan.iterations=4", "--resume", "auto"]) == 1
+    message = error_line(capsys)
+    assert f"no space left on the device writing {run / 'checkpoints/iter-000003.pt'}: it needs about" in message
+    assert "free; free some space and run the same command again" in message
+    assert (run / "checkpoints/last.pt").read_bytes() == before
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    small_disk.free()
+    assert main([*command, "gan.iterations=4", "--resume", "auto"]) == 0
+    assert load_checkpoint(run / "checkpoints/last.pt")["iteration"] == 4

@@ -16,7 +16,7 @@ from pfanet_cli.data.format import PREPARED_FORMAT, PREPARED_FORMAT_VERSION
 from pfanet_cli.data.sysu import save_rand_perm_cam
 from pfanet_cli.evaluation.features import load_features, save_features
 from pfanet_cli.evaluation.protocols import METRIC_KEYS
-from tests.helpers import CONTRACT, perm_for, sysu_like
+from tests.helpers import CONTRACT, error_line, perm_for, sysu_like
 
 @pytest.fixture
 def sysu_files(tmp_path: Path):
@@ -218,3 +218,17 @@ def test_checkpoint_branch_uses_the_extract_stage(sysu_files, tmp_path: Path, ca
                       "--json", out], capsys)
     assert code == 0 and calls == [(checkpoint, data, "test", "cpu")]
     assert json.loads(out.read_text())["sampler"] == "official"   # the permutation travels with the features
+
+
+def test_results_and_plots_on_a_full_disk_keep_the_previous_files_and_finish_after(sysu_files, small_disk, capsys):
+    out = small_disk.root / "eval.json"
+    command = ["evaluate", "--features", str(sysu_files["features"]), "--json", str(out)]
+    assert main(command) == 0
+    before = {p.name: p.read_bytes() for p in small_disk.root.iterdir()}
+    small_disk.fill()
+    assert main(command) == 1
+    message = error_line(capsys)
+    assert f"no space left on the device writing {out}: it needs about" in message
+    assert {p.name: p.read_bytes() for p in small_disk.root.iterdir() if p.name != ".filler"} == before
+    small_disk.free()
+    assert main(command) == 0

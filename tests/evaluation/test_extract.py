@@ -102,3 +102,25 @@ def test_extract_needs_a_joint_checkpoint(trained, capsys):
     code = main(["extract", "--checkpoint", str(trained["gan"]), "--data", str(trained["prep"]), "--out", "x.npz"])
     assert code == 4
     assert "has no extractor, which extract needs" in error_line(capsys)
+
+
+def test_features_on_a_full_disk_keep_the_previous_file_and_finish_after(trained, small_disk, capsys):
+    out = small_disk.root / "features.npz"
+    command = ["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]), "--out", str(out)]
+    assert main(command) == 0
+    before = out.read_bytes()
+    small_disk.fill()
+    assert main(command) == 1
+    message = error_line(capsys)
+    assert f"no space left on the device writing {out}: it needs about" in message
+    assert "the previous features.npz is unchanged; free some space and run the same command again" in message
+    assert out.read_bytes() == before and sorted(p.name for p in small_disk.root.iterdir()) == [".filler", out.name]
+    small_disk.free()
+    assert main(command) == 0
+
+
+def test_features_into_a_read_only_folder_are_a_usage_error(trained, read_only_folder, capsys):
+    out = read_only_folder / "features.npz"
+    assert main(["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]),
+                 "--out", str(out)]) == 2
+    assert f"cannot write {out} (Read-only file system); choose a writable location" in error_line(capsys)
