@@ -74,13 +74,13 @@ def time_phase(trainer: GanTrainer | JointTrainer, phase: str, iterations: int, 
     first_seconds = time.perf_counter() - started
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    waited = sum(source.wait_seconds for source in trainer.batch_sources)
+    waited = sum(source.wait_seconds for source in trainer.opened_sources)
     started = time.perf_counter()
     for i in range(iterations):
         trainer.step(phase, warmup + i + 1)
     synchronise(trainer.device)
     elapsed = time.perf_counter() - started
-    waited = sum(source.wait_seconds for source in trainer.batch_sources) - waited
+    waited = sum(source.wait_seconds for source in trainer.opened_sources) - waited
     flops = None
     if not trainer.recipe.train.compile:
         with FlopCounterMode(display=False) as counter:

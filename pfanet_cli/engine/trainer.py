@@ -94,7 +94,7 @@ class StageTrainer:
         self.recipe, self.run, self.data = recipe, run, data
         self.device, self.distributed = device, distributed
         self.amp = resolve_amp(recipe.train.amp, device)
-        self._opened_sources: list[BatchSource] = []
+        self.opened_sources: list[BatchSource] = []  # every source batch_source() made, to close and to time
         self.show_progress = show_progress and distributed.is_main
         self.phase_index, self.iteration = 0, 0
         self.metrics_state: dict[str, Any] = {}
@@ -153,12 +153,12 @@ class StageTrainer:
                                          rank, self.distributed.world_size, key=key)
         source = BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
                              channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch)
-        self._opened_sources.append(source)
+        self.opened_sources.append(source)
         return source
 
     def close(self) -> None:
         """Stop the batch sources' prefetch threads (each rewinds to its last batch handed out)."""
-        for source in self._opened_sources:
+        for source in self.opened_sources:
             source.close()
 
     # --- state ----------------------------------------------------------------------------------
