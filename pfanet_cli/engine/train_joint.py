@@ -88,7 +88,7 @@ def resolve_init_gan(recipe: Recipe, init_gan: Path | str | None, announce: bool
         )
     if announce:
         console.print(f"train-joint: G_I and G_R start from {found} (the newest finished train-gan run of recipe "
-                      f"'{recipe.name}'; --init-gan chooses another)")
+                      f"'{recipe.name}'; --init-gan chooses another)", soft_wrap=True)
     return found
 
 
@@ -290,6 +290,6 @@ class JointTrainer(StageTrainer):
                                  "iteration": self.iteration, "global_iteration": global_iteration,
                                  "val": metrics, "best": best})
         console.print(f"{self.stage} val at {global_iteration}: R1 {metrics['r1']:.2f}  mAP {metrics['mAP']:.2f}"
-                      + (f"  (best so far -> {BEST_NAME})" if best else ""))
+                      + (f"  (best so far -> {BEST_NAME})" if best else ""), soft_wrap=True)
         if best:
             self.write_selected_checkpoint(self.run.checkpoints / BEST_NAME, self.selection.selection())

@@ -52,7 +52,7 @@ def test_train_joint_starts_from_the_newest_finished_gan_run_of_its_recipe(prepa
     out = tmp_path / "joint"
     assert main(["train-joint", str(TINY), f"data.root={prepared}", f"train.runs_root={runs}",
                  "joint.warmup_iterations=2", "joint.iterations=0", "--out", str(out)]) == 0
-    assert f"G_I and G_R start from {newest}" in capsys.readouterr().out.replace("\n", "")
+    assert f"G_I and G_R start from {newest}" in capsys.readouterr().out
     assert yaml.safe_load((out / "run.yaml").read_text())["init_gan"] == str(newest)
     expected, got = generator_parameters(newest), generator_parameters(out / "checkpoints/last.pt")
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
