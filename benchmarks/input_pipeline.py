@@ -90,10 +90,14 @@ def after(split: PreparedSplit, args: argparse.Namespace, prefetch: int) -> Batc
                        channels_last=True, prefetch=prefetch)
 
 
-def time_batches(next_batch: Callable[[], Batch], count: int, step_seconds: float = 0.0) -> tuple[float, float]:
+def time_batches(next_batch: Callable[[], Batch], count: int, step_seconds: float = 0.0,
+                 warmup: int = 5) -> tuple[float, float]:
     """(seconds per iteration, fraction of the loop spent waiting for data) over ``count`` iterations of
-    taking a batch then sleeping ``step_seconds`` (the stand-in for a GPU step), after one untimed one."""
-    next_batch()
+    taking a batch then sleeping ``step_seconds`` (the stand-in for a GPU step), after ``warmup`` untimed
+    ones (the first batches also fault the memory map's pages in, and the thread starts)."""
+    for _ in range(warmup):
+        next_batch()
+        time.sleep(step_seconds)
     waited = 0.0
     started = time.perf_counter()
     for _ in range(count):
@@ -157,7 +161,7 @@ def main() -> None:
     parser.add_argument("--pad", type=int, default=10)
     parser.add_argument("--prefetch", type=int, default=2)
     parser.add_argument("--batches", type=int, default=40, help="timed batches of each throughput measurement")
-    parser.add_argument("--loop-steps", type=int, default=30, help="iterations of each loop with a sleep")
+    parser.add_argument("--loop-steps", type=int, default=50, help="iterations of each loop with a sleep")
     parser.add_argument("--steps-ms", type=int, nargs="+", default=[30, 100])
     args = parser.parse_args()
 

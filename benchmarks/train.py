@@ -10,7 +10,8 @@ of that rate the training sustains; the recipe's iteration counts turn both into
 FLOPs and hours. Also the fraction of the time spent waiting for batches, and peak CUDA memory.
 Prints one JSON line.
 
-    python benchmarks/train.py [--recipe sysu_pfanet.yaml] [--iterations 5] [--warmup 2] [--device auto] [k=v ...]
+    python benchmarks/train.py [--recipe sysu_pfanet.yaml] [--iterations 5] [--warmup 2] [--device auto]
+                               [--phases gan,warmup,joint] [k=v ...]
 """
 
 from __future__ import annotations
@@ -98,16 +99,17 @@ PHASES = {"gan": (GanTrainer, lambda recipe: recipe.gan.iterations),
 
 
 def run_phases(recipe: Recipe, data: PreparedData, device: torch.device, work: Path, iterations: int,
-               warmup: int, peak_flops: float | None = None) -> dict:
+               warmup: int, peak_flops: float | None = None, phases: tuple[str, ...] = tuple(PHASES)) -> dict:
     """Time every phase of ``recipe`` on ``device`` and project the whole schedule: per phase images/s,
     achieved TFLOPS (and the fraction of ``peak_flops``), data wait, peak memory; then the recipe's
     PFLOP and its projected wall time (the first iterations' time, compilation included, plus the
-    rest at the measured rate)."""
+    rest at the measured rate); both only count the ``phases`` timed."""
     set_determinism(recipe.train.deterministic)
     allow_tf32(recipe.train.tf32)
     result: dict = {}
     total_seconds = total_flops = 0.0
-    for phase, (trainer_class, recipe_iterations) in PHASES.items():
+    for phase in phases:
+        trainer_class, recipe_iterations = PHASES[phase]
         options = {"init_gan": "none"} if trainer_class is JointTrainer else {}  # speed does not depend on G's weights
         trainer = trainer_class(recipe, RunDir(work / f"run-{phase}"), data, device, Distributed(),
                                 show_progress=False, **options)
@@ -137,6 +139,14 @@ def run_phases(recipe: Recipe, data: PreparedData, device: torch.device, work: P
     return result
 
 
+def phase_list(text: str) -> tuple[str, ...]:
+    phases = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in phases if name not in PHASES]
+    if unknown or not phases:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; got {text!r}")
+    return phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="sysu_pfanet.yaml")
@@ -144,6 +154,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ids", type=int, default=24, help="synthetic identities to render")
+    parser.add_argument("--phases", type=phase_list, default=tuple(PHASES),
+                        help="comma-separated phases to time, of gan,warmup,joint (the recipe totals cover these)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -177,7 +189,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict:
               "precision": describe_precision(device, amp, recipe.train.tf32), "compile": recipe.train.compile,
               "channels_last": recipe.train.channels_last, "image_size": [recipe.data.height, recipe.data.width],
               "matmul_tflops": round(peak / 1e12, 3), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
-    result.update(run_phases(recipe, data, device, work, args.iterations, args.warmup, peak))
+    result.update(run_phases(recipe, data, device, work, args.iterations, args.warmup, peak, args.phases))
     result["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
 

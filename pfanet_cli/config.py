@@ -167,8 +167,8 @@ class TrainConfig:
     seed: int = _key(0, _non_negative, "random seed")
     device: Literal["auto", "cpu", "cuda"] = _key("auto", help="auto picks CUDA when available")
     amp: Literal["auto", "off", "bf16", "fp16"] = _key(
-        "auto", help="autocast precision; auto: fp32 on CUDA (with train.tf32) and on CPUs without AMX-BF16, "
-                     "bf16 on CPUs with it; fp16 (with gradient scaling) on CUDA only")
+        "auto", help="autocast precision; auto: fp32 on CUDA (with train.tf32), bf16 on CPUs with native bf16 "
+                     "(AVX512-BF16 or AMX), fp32 on other CPUs; fp16 (with gradient scaling) on CUDA only")
     tf32: bool = _key(True, help="allow TF32 matrix products and convolutions on CUDA (fp32 storage)")
     compile: bool = _key(False, help="torch.compile F, G and D (compiled at their first call)")
     prefetch: int = _key(2, _non_negative, "batches prepared ahead on a background thread (0: on the training "

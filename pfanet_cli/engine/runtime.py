@@ -73,12 +73,12 @@ def agree_across_ranks(distributed: Distributed, choose):
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products in hardware fast enough to beat fp32: AMX-BF16
-    tiles (Intel Sapphire Rapids and later), as torch reports them. AVX512-BF16 alone does not count:
-    on such a CPU (the development machine, AMD EPYC) bf16 training measured slower than fp32
-    (README, Benchmarks)."""
+    """Whether this CPU has bf16 arithmetic in hardware, as torch reports it: AVX512-BF16 dot products
+    (Intel Cooper Lake, AMD Zen 4 and later) or AMX-BF16 tiles (Intel Sapphire Rapids and later). On the
+    2-core development CPU (AMD EPYC with AVX512-BF16) paper-scale bf16 steps took half the time of fp32
+    ones (README, Benchmarks); without such instructions bf16 is emulated and slower."""
     capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
-    return bool(capabilities.get("amx_bf16", False))
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def resolve_amp(requested: str, device: torch.device) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,8 +81,10 @@ def test_resume_continues_after_the_last_batch_handed_out_not_the_last_prepared(
     straight += take(synchronous, 5)
     first = source(split, prefetch=4)
     head = take(first, 4)
-    while first._prefetcher.queue.qsize() < 4:  # let the thread get 4 batches ahead of the training loop
-        threading.Event().wait(0.01)
+    deadline = time.monotonic() + 60
+    while first._prefetcher.queue.qsize() < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)  # let the thread get 4 batches ahead of the training loop
+    assert first._prefetcher.queue.qsize() == 4
     state = first.state_dict()
     assert first.sampler.state_dict() != state["sampler"]  # the sampler itself is ahead; the state is not
     assert state["sampler"] == after_four["sampler"]

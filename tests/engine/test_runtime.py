@@ -38,20 +38,20 @@ def test_auto_precision_is_fp32_on_cuda_and_bf16_only_on_a_cpu_that_has_it(monke
         resolve_amp("fp16", CPU)
 
 
-def test_native_bf16_means_amx_tiles(monkeypatch):
-    """AVX512-BF16 alone (the development CPU) measured slower than fp32; AMX-BF16 counts."""
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False},
-                        raising=False)
-    assert not runtime.cpu_has_native_bf16()
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True},
-                        raising=False)
-    assert runtime.cpu_has_native_bf16()
+@pytest.mark.parametrize("flags, native", [({"avx2": True, "avx512_bf16": False, "amx_bf16": False}, False),
+                                           ({"avx512_bf16": True, "amx_bf16": False}, True),
+                                           ({"avx512_bf16": False, "amx_bf16": True}, True), ({}, False)],
+                         ids=["avx2-only", "avx512-bf16", "amx-bf16", "no-flags"])
+def test_native_bf16_is_read_from_the_cpu_flags_torch_reports(monkeypatch, flags, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags, raising=False)
+    assert runtime.cpu_has_native_bf16() is native
+    assert resolve_amp("auto", CPU) == ("bf16" if native else "off")
 
 
 def test_the_paper_recipe_no_longer_asks_for_bf16():
     recipe = load_recipe("sysu_pfanet.yaml")
     assert recipe.train.amp == "auto" and recipe.train.tf32 and not recipe.train.compile
-    assert resolve_amp(recipe.train.amp, CUDA) == "off"
+    assert resolve_amp(recipe.train.amp, CUDA) == "off"  # fp32 with TF32
     assert describe_precision(CUDA, "off", tf32=True) == "fp32 (TF32 allowed)"
     assert describe_precision(CPU, "off", tf32=True) == "fp32"
     assert describe_precision(CUDA, "bf16", tf32=True) == "bf16 autocast"
