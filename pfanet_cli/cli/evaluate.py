@@ -84,6 +84,10 @@ def evaluate_command(
         regdb_trials.report_regdb_trials(per_trial, json_out=json_out, cmc_plot=cmc_plot)
         return
     source = run.open_evaluation(features, checkpoint, data, dataset, device)
+    run.refuse_options_for_other_datasets(source.dataset, [name for name, given in (
+        ("--mode", mode != "all"), ("--shot", shot != "single"), ("--sampler", sampler != "auto"),
+        ("--perm-file", perm_file is not None), ("--trials", trials != 10), ("--direction", direction is not None))
+        if given])
     permutation = run.official_permutation(source, sampler, perm_file) if source.dataset == "sysu" else \
         run.Permutation()
     results = run.evaluate_source(source, all_settings=all_settings, mode=mode, shot=shot, direction=direction,

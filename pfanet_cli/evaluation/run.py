@@ -15,7 +15,7 @@ from pfanet_cli.data import llcm, regdb
 from pfanet_cli.data.datasets import DATASETS
 from pfanet_cli.data.prepared import PreparedData, open_prepared
 from pfanet_cli.data.sysu import RandPerm, bundled_perm_bytes, find_perm_file
-from pfanet_cli.errors import CheckpointError, DataError
+from pfanet_cli.errors import CheckpointError, DataError, UsageError
 from pfanet_cli.evaluation.card import attach_source, card_rows, split_summary
 from pfanet_cli.evaluation.examples import ranked_examples, ranked_list_rows
 from pfanet_cli.evaluation.features import FeatureSet, load_features, read_provenance
@@ -38,6 +38,9 @@ DEFAULT_DATA_ROOT = Path("data/prepared")
 """Prepared folders live at ``<root>/<dataset>`` unless ``--data`` says otherwise."""
 DIRECTIONS = {"regdb": regdb.DIRECTIONS, "llcm": llcm.DIRECTIONS}
 BOTH = "both"
+# the datasets whose protocol reads each dataset-specific option of `pfanet evaluate`
+OPTION_DATASETS = {"--mode": ("sysu",), "--shot": ("sysu",), "--sampler": ("sysu",), "--perm-file": ("sysu",),
+                   "--trials": ("sysu", "llcm"), "--direction": ("regdb", "llcm")}
 BUNDLED = "the copy shipped with pfanet (pfanet_cli/resources/rand_perm_cam.mat, the real SYSU-MM01's)"
 
 
@@ -111,6 +114,17 @@ def _dataset_name(requested: str | None, features: FeatureSet) -> str:
     name = requested or features.dataset or "sysu"
     check_choice("dataset", name, tuple(DATASETS))
     return name
+
+
+def refuse_options_for_other_datasets(dataset: str, given: list[str]) -> None:
+    """An option given for a dataset whose protocol does not read it is a usage error, not silently ignored
+    (a `--sampler agw` on RegDB features would otherwise print numbers the user believes are AGW's)."""
+    for option in given:
+        readers = OPTION_DATASETS[option]
+        if dataset not in readers:
+            names = " and ".join(DATASETS[name].title for name in readers)
+            raise UsageError(f"{option} applies to {names} only, and these features are "
+                             f"{DATASETS[dataset].title}'s; leave it out")
 
 
 def official_permutation(source: EvaluationSource, sampler: str, perm_file: Path | None) -> Permutation:

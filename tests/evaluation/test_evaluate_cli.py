@@ -147,6 +147,22 @@ def test_regdb_features(tmp_path: Path, capsys):
     assert code == 0 and [p["mode"] for p in json.loads(out.read_text())] == ["v2t", "t2v"]
 
 
+def test_options_of_another_dataset_are_refused_not_ignored(tmp_path: Path, sysu_files, capsys):
+    feats, pids, camids, _ = sysu_files["arrays"]
+    regdb_camids = np.where(np.isin(camids, (3, 6)), 2, 1)
+    paths = [f"{'Visible' if c == 1 else 'Thermal'}/{p}/{i}.bmp" for i, (p, c) in enumerate(zip(pids, regdb_camids))]
+    regdb_file = save_features(tmp_path / "regdb.npz", feats, pids, regdb_camids, paths, dataset="regdb")
+    for args in (["--sampler", "agw"], ["--mode", "indoor"], ["--shot", "multi"], ["--trials", "3"],
+                 ["--perm-file", sysu_files["perm"]]):
+        code, _, err = run(["--features", regdb_file, *args], capsys)
+        assert code == 2 and f"{args[0]} applies to SYSU-MM01" in err and "RegDB" in err, (args, err)
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = run(["--features", sysu_files["features"], "--direction", "t2v"], capsys)
+    assert code == 2 and "--direction applies to RegDB and LLCM only" in err
+    code, _, _ = run(["--features", regdb_file, "--direction", "t2v"], capsys)
+    assert code == 0
+
+
 def write_npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
