@@ -77,17 +77,19 @@ def evaluate_command(
     from pfanet_cli.evaluation.rerank import rerank_config  # heavy: numpy and scipy, not needed for --help
 
     reranking = rerank_config(rerank, k1, k2, lambda_value)
+    given = [name for name, is_given in (
+        ("--mode", mode != "all"), ("--shot", shot != "single"), ("--sampler", sampler != "auto"),
+        ("--perm-file", perm_file is not None), ("--trials", trials != 10), ("--direction", direction is not None))
+        if is_given]
     if all_trials:
+        run.refuse_options_for_other_datasets("regdb", given)
         per_trial = regdb_trials.evaluate_regdb_trials(
             parse_trials(trial), features=features, checkpoint=checkpoint, dataset=dataset,
             data_root=data or run.DEFAULT_DATA_ROOT / "regdb", device=device, max_rank=max_rank, rerank=reranking)
         regdb_trials.report_regdb_trials(per_trial, json_out=json_out, cmc_plot=cmc_plot)
         return
     source = run.open_evaluation(features, checkpoint, data, dataset, device)
-    run.refuse_options_for_other_datasets(source.dataset, [name for name, given in (
-        ("--mode", mode != "all"), ("--shot", shot != "single"), ("--sampler", sampler != "auto"),
-        ("--perm-file", perm_file is not None), ("--trials", trials != 10), ("--direction", direction is not None))
-        if given])
+    run.refuse_options_for_other_datasets(source.dataset, given)
     permutation = run.official_permutation(source, sampler, perm_file) if source.dataset == "sysu" else \
         run.Permutation()
     results = run.evaluate_source(source, all_settings=all_settings, mode=mode, shot=shot, direction=direction,

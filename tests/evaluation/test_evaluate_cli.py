@@ -161,6 +161,8 @@ def test_options_of_another_dataset_are_refused_not_ignored(tmp_path: Path, sysu
     assert code == 2 and "--direction applies to RegDB and LLCM only" in err
     code, _, _ = run(["--features", regdb_file, "--direction", "t2v"], capsys)
     assert code == 0
+    code, _, err = run(["--all-trials", "--features", tmp_path / "trial{trial}.npz", "--shot", "multi"], capsys)
+    assert code == 2 and "--shot applies to SYSU-MM01 only" in err
 
 
 def write_npz(path: Path, **arrays) -> Path:
