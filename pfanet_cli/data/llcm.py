@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from pfanet_cli.data.format import ImageEntry
-from pfanet_cli.data.scan import list_person_folder, require_dir
+from pfanet_cli.data.scan import list_person_folder, listed_image_exists, read_image_list, require_dir
 from pfanet_cli.data.sysu import parse_id_list
 from pfanet_cli.errors import DataError
 
@@ -115,26 +115,17 @@ def _read_train_list(raw: Path, path: Path, modality: str, skip_bad: bool,
                      bad: list[str]) -> list[tuple[str, int, int, str]]:
     rows = []
     labels: dict[int, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{path}:{number}: expected '<relative path> <label>', got {line.strip()!r}")
-        rel = parts[0].replace("\\", "/").lstrip("./")
+    for where, rel, label in read_image_list(path):
+        rel = rel.lstrip("./")
         parsed = parse_path(rel)
         if parsed is None or modality_of_camera(parsed[1]) != modality or not rel.startswith("train_"):
             folder = f"train_{_FOLDERS[modality]}/cam<k>/<pid>/<file>"
-            raise DataError(f"{path}:{number}: {rel!r} is not an image path of the form {folder}")
+            raise DataError(f"{where}: {rel!r} is not an image path of the form {folder}")
         pid, camid = parsed
-        if labels.setdefault(pid, int(parts[1])) != int(parts[1]):
-            raise DataError(f"{path}:{number}: person {pid} has label {parts[1]} here and {labels[pid]} before")
-        if not (raw / rel).is_file():
-            if not skip_bad:
-                raise DataError(f"{path}:{number}: image {rel} does not exist (pass --skip-bad to skip it)")
-            bad.append(rel)
-            continue
-        rows.append((rel, pid, camid, modality))
+        if labels.setdefault(pid, label) != label:
+            raise DataError(f"{where}: person {pid} has label {label} here and {labels[pid]} before")
+        if listed_image_exists(raw, rel, where, skip_bad, bad):
+            rows.append((rel, pid, camid, modality))
     return rows
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from pfanet_cli.data.format import ImageEntry
-from pfanet_cli.data.scan import require_dir
+from pfanet_cli.data.scan import listed_image_exists, read_image_list, require_dir
 from pfanet_cli.errors import DataError, UsageError
 
 VISIBLE, THERMAL = 1, 2
@@ -96,20 +96,10 @@ def _read_idx(raw: Path, path: Path, camid: int, skip_bad: bool, bad: list[str])
     if not path.is_file():
         raise DataError(f"missing RegDB index file {path}")
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DataError(f"{path}:{number}: expected '<relative path> <label>', got {line.strip()!r}")
-        rel = parts[0].replace("\\", "/")
+    for where, rel, label in read_image_list(path):
         folder = Path(rel).parent.name
         if not folder.isdigit():
-            raise DataError(f"{path}:{number}: cannot read the person id from {rel!r}")
-        if not (raw / rel).is_file():
-            if not skip_bad:
-                raise DataError(f"{path}:{number}: image {rel} does not exist (pass --skip-bad to skip it)")
-            bad.append(rel)
-            continue
-        entries.append(ImageEntry(rel, int(folder), camid, modality_of_camera(camid), int(parts[1])))
+            raise DataError(f"{where}: cannot read the person id from {rel!r}")
+        if listed_image_exists(raw, rel, where, skip_bad, bad):
+            entries.append(ImageEntry(rel, int(folder), camid, modality_of_camera(camid), label))
     return entries

@@ -1,5 +1,5 @@
 """RegDB trials: the --trial values, preparing several trials in one command, and the errors that stop it
-before any work (exit 2 for a trial outside 1..10, exit 3 for a missing index file)."""
+before any work (exit 2 for a trial outside 1..10, exit 3 for a missing index file or a bad line in one)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,33 @@ def test_a_trial_outside_one_to_ten_is_a_usage_error(tmp_path, capsys):
     raw = make_regdb_tree(tmp_path / "RegDB", ids=4, per_modality=2, trial=1)
     assert main(["prepare-data", "regdb", str(raw), "--trial", "11"]) == 2
     assert "RegDB trial ids are 1..10, got 11" in error_line(capsys)
+
+
+def prepare_trial_1(raw, out, *extra) -> int:
+    return main(["prepare-data", "regdb", str(raw), "--trial", "1", "--out", str(out), "--height", "32",
+                 "--width", "16", "--workers", "1", *extra])
+
+
+def test_index_lines_that_name_no_image_stop_it_or_are_skipped(tmp_path, capsys):
+    raw = make_regdb_tree(tmp_path / "RegDB", ids=4, per_modality=2, trial=1)
+    index = raw / "idx" / "train_thermal_1.txt"
+    missing = index.read_text().splitlines()[1].split()[0]
+    (raw / missing).unlink()
+    assert prepare_trial_1(raw, tmp_path / "prep") == 3
+    assert f"train_thermal_1.txt:2: image {missing} does not exist (pass --skip-bad" in error_line(capsys)
+    assert not (tmp_path / "prep").exists()
+    assert prepare_trial_1(raw, tmp_path / "prep", "--skip-bad") == 0
+    assert missing not in open_prepared(tmp_path / "prep").split("train").paths
+
+
+@pytest.mark.parametrize("line,message", [
+    ("Thermal/1/a.bmp", "train_thermal_1.txt:4: expected '<relative path> <label>', got 'Thermal/1/a.bmp'"),
+    ("Thermal/x/a.bmp 0", "train_thermal_1.txt:4: cannot read the person id from 'Thermal/x/a.bmp'"),
+])
+def test_a_malformed_index_line_is_named_with_its_place(tmp_path, capsys, line, message):
+    raw = make_regdb_tree(tmp_path / "RegDB", ids=4, per_modality=2, trial=1)
+    index = raw / "idx" / "train_thermal_1.txt"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:2] + ["", line] + lines[2:]) + "\n")  # a blank line 3 is skipped
+    assert prepare_trial_1(raw, tmp_path / "prep") == 3
+    assert message in error_line(capsys)
