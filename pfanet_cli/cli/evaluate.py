@@ -4,13 +4,15 @@ docs/protocols.md) on a features file or a checkpoint, and other codebases' feat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterable, Optional
 
 import typer
 
 from pfanet_cli.cli import common
 from pfanet_cli.utils.console import console
 
+# Click's ParameterSource names for a value the user did not give (typer vendors Click privately)
+DEFAULT_SOURCES = ("DEFAULT", "DEFAULT_MAP")
 RerankOption = Annotated[str, typer.Option(
     "--rerank", help="re-ranking of each trial's distances: off or kreciprocal (Zhong et al. 2017)")]
 K1Option = Annotated[Optional[int], typer.Option("--k1", help="k-reciprocal: k1 \\[default: 20]")]
@@ -20,6 +22,7 @@ LambdaOption = Annotated[Optional[float], typer.Option(
 
 
 def evaluate_command(
+    ctx: typer.Context,
     features: Annotated[Optional[Path], typer.Option(
         "--features", help="features .npz written by `pfanet extract` or `pfanet convert-features` (every test "
                            "image of both modalities); with --all-trials a template holding {trial}")] = None,
@@ -77,10 +80,7 @@ def evaluate_command(
     from pfanet_cli.evaluation.rerank import rerank_config  # heavy: numpy and scipy, not needed for --help
 
     reranking = rerank_config(rerank, k1, k2, lambda_value)
-    given = [name for name, is_given in (
-        ("--mode", mode != "all"), ("--shot", shot != "single"), ("--sampler", sampler != "auto"),
-        ("--perm-file", perm_file is not None), ("--trials", trials != 10), ("--direction", direction is not None))
-        if is_given]
+    given = options_on_command_line(ctx, run.OPTION_DATASETS)
     if all_trials:
         run.refuse_options_for_other_datasets("regdb", given)
         per_trial = regdb_trials.evaluate_regdb_trials(
@@ -88,8 +88,7 @@ def evaluate_command(
             data_root=data or run.DEFAULT_DATA_ROOT / "regdb", device=device, max_rank=max_rank, rerank=reranking)
         regdb_trials.report_regdb_trials(per_trial, json_out=json_out, cmc_plot=cmc_plot)
         return
-    source = run.open_evaluation(features, checkpoint, data, dataset, device)
-    run.refuse_options_for_other_datasets(source.dataset, given)
+    source = run.open_evaluation(features, checkpoint, data, dataset, device, options_given=given)
     permutation = run.official_permutation(source, sampler, perm_file) if source.dataset == "sysu" else \
         run.Permutation()
     results = run.evaluate_source(source, all_settings=all_settings, mode=mode, shot=shot, direction=direction,
@@ -98,6 +97,13 @@ def evaluate_command(
     run.print_results(results)
     run.write_outputs(source, results, permutation.perm, json_out=json_out, as_list=len(results) > 1,
                       cmc_plot=cmc_plot, ranks_image=ranks_image, image_root=image_root)
+
+
+def options_on_command_line(ctx: typer.Context, options: Iterable[str]) -> list[str]:
+    """Which of ``options`` (``--perm-file`` style) the user gave, as Click records it (not by comparing
+    values with their defaults, so an explicit default counts as given)."""
+    sources = {option: ctx.get_parameter_source(option.lstrip("-").replace("-", "_")) for option in options}
+    return [option for option, source in sources.items() if source is not None and source.name not in DEFAULT_SOURCES]
 
 
 def convert_features_command(

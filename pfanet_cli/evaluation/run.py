@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from rich import box
 from rich.table import Table
@@ -77,27 +78,30 @@ class EvaluationSource:
 
 
 def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_dir: Path | None,
-                    dataset: str | None, device: str | None, runs_root: Path = Path("runs")) -> EvaluationSource:
+                    dataset: str | None, device: str | None, runs_root: Path = Path("runs"),
+                    options_given: Sequence[str] = ()) -> EvaluationSource:
     """The features to evaluate: ``features_file``, or else extracted with ``checkpoint`` (the newest
-    train-joint checkpoint under ``runs_root`` when None) from the prepared folder."""
+    train-joint checkpoint under ``runs_root`` when None) from the prepared folder. ``options_given`` (the
+    dataset-specific options on the command line) are checked against the dataset before any extraction."""
     if features_file is not None:
         features = load_features(features_file)
         features.provenance = read_provenance(features_file)
-        name = _dataset_name(dataset, features)
+        name = _dataset_name(dataset, features.dataset)
+        refuse_options_for_other_datasets(name, options_given)
         return EvaluationSource(features, name, data_dir or DEFAULT_DATA_ROOT / name, trusted_data=data_dir is not None)
-    prepared, features = _extract(checkpoint, data_dir or DEFAULT_DATA_ROOT / (dataset or "sysu"), device, runs_root)
-    return EvaluationSource(features, _dataset_name(dataset, features), prepared.root, trusted_data=True,
-                            _prepared=prepared, _opened=True)
+    checkpoint = _checkpoint_to_extract(checkpoint, runs_root)
+    prepared = open_prepared(data_dir or DEFAULT_DATA_ROOT / (dataset or "sysu"))
+    name = _dataset_name(dataset, prepared.dataset)
+    refuse_options_for_other_datasets(name, options_given)
+    return EvaluationSource(_extract(checkpoint, prepared, device, runs_root), name, prepared.root,
+                            trusted_data=True, _prepared=prepared, _opened=True)
 
 
-def _extract(checkpoint: Path | None, data_dir: Path, device: str | None,
-             runs_root: Path) -> tuple[PreparedData, FeatureSet]:
-    """The test features of the prepared folder, extracted with ``checkpoint`` (the newest train-joint one
-    when None: named in the error when there is none, with the features-file alternative)."""
+def _checkpoint_to_extract(checkpoint: Path | None, runs_root: Path) -> Path:
+    """``checkpoint``, or the newest train-joint one (named in the error when there is none, with the
+    features-file alternative); it must exist."""
     from pfanet_cli.engine.checkpoint import existing_checkpoint  # heavy: torch, only needed to extract
     from pfanet_cli.engine.rundir import newest_checkpoint  # heavy: torch, only needed to extract
-    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only needed to extract
-    from pfanet_cli.evaluation.extract import extract_split  # heavy: torch, only needed to extract
 
     if checkpoint is None:
         try:
@@ -105,18 +109,25 @@ def _extract(checkpoint: Path | None, data_dir: Path, device: str | None,
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; or evaluate a features file with --features F.npz") from exc
     existing_checkpoint(checkpoint)
-    prepared = open_prepared(data_dir)
-    return prepared, extract_split(checkpoint, prepared, "test", device=str(resolve_device(device or "auto")),
-                                   runs_root=runs_root)
+    return checkpoint
 
 
-def _dataset_name(requested: str | None, features: FeatureSet) -> str:
-    name = requested or features.dataset or "sysu"
+def _extract(checkpoint: Path, prepared: PreparedData, device: str | None, runs_root: Path) -> FeatureSet:
+    """The test features of the prepared folder, extracted with ``checkpoint``."""
+    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only needed to extract
+    from pfanet_cli.evaluation.extract import extract_split  # heavy: torch, only needed to extract
+
+    return extract_split(checkpoint, prepared, "test", device=str(resolve_device(device or "auto")),
+                         runs_root=runs_root)
+
+
+def _dataset_name(requested: str | None, found: str | None) -> str:
+    name = requested or found or "sysu"
     check_choice("dataset", name, tuple(DATASETS))
     return name
 
 
-def refuse_options_for_other_datasets(dataset: str, given: list[str]) -> None:
+def refuse_options_for_other_datasets(dataset: str, given: Sequence[str]) -> None:
     """An option given for a dataset whose protocol does not read it is a usage error, not silently ignored
     (a `--sampler agw` on RegDB features would otherwise print numbers the user believes are AGW's)."""
     for option in given:

@@ -153,7 +153,7 @@ def test_options_of_another_dataset_are_refused_not_ignored(tmp_path: Path, sysu
     paths = [f"{'Visible' if c == 1 else 'Thermal'}/{p}/{i}.bmp" for i, (p, c) in enumerate(zip(pids, regdb_camids))]
     regdb_file = save_features(tmp_path / "regdb.npz", feats, pids, regdb_camids, paths, dataset="regdb")
     for args in (["--sampler", "agw"], ["--mode", "indoor"], ["--shot", "multi"], ["--trials", "3"],
-                 ["--perm-file", sysu_files["perm"]]):
+                 ["--perm-file", sysu_files["perm"]], ["--sampler", "auto"]):  # a default given is still given
         code, _, err = run(["--features", regdb_file, *args], capsys)
         assert code == 2 and f"{args[0]} applies to SYSU-MM01" in err and "RegDB" in err, (args, err)
         assert len(err.strip().splitlines()) == 1
@@ -236,6 +236,9 @@ def test_checkpoint_branch_uses_the_extract_stage(sysu_files, tmp_path: Path, ca
                       "--json", out], capsys)
     assert code == 0 and calls == [(checkpoint, data, "test", "cpu")]
     assert json.loads(out.read_text())["sampler"] == "official"   # the permutation travels with the features
+    code, _, err = run(["--checkpoint", checkpoint, "--data", data, "--direction", "t2v"], capsys)
+    assert code == 2 and "--direction applies to RegDB and LLCM only" in err
+    assert len(calls) == 1                                          # refused before extracting anything
 
 
 def test_results_and_plots_on_a_full_disk_keep_the_previous_files_and_finish_after(sysu_files, small_disk, capsys):
