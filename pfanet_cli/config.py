@@ -54,6 +54,10 @@ def _unit_interval(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _probability(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def _key(default: Any, check=None, help: str = "") -> Any:
     return field(default=default, metadata={"check": check, "help": help})
 
@@ -66,6 +70,16 @@ class DataConfig:
     width: int = _key(144, _divisible_by_16, "network input width")
     pad: int = _key(10, _non_negative, "zero padding before the random crop (F's augmentation)")
     flip: bool = _key(True, help="random horizontal flip")
+    erasing: float = _key(0.0, _probability, "random erasing probability per image (Zhong et al.; area 0.02-0.4, "
+                                             "aspect 0.3-3.33, the reference's fill); 0 = off, CAJ: 0.5")
+    grayscale: float = _key(0.0, _probability, "random grayscale probability per image, both modalities, on the "
+                                               "pixels (DEEN's RandomGrayscale: 0.5); 0 = off")
+    channel_exchange: float = _key(0.0, _probability, "probability that an RGB view becomes one of its channels, R, "
+                                                      "G or B at random (CAJ's ChannelExchange(gray=2)); 0 = off")
+    ir_adaptive_gray: bool = _key(False, help="CAJ's ChannelAdapGray(0.5) on the IR images: one channel copied to "
+                                              "all three (3/4), ITU greyscale (1/8) or unchanged (1/8)")
+    rgb_views: Literal[1, 2] = _key(1, help="2: every RGB image twice, augmented independently, the second view "
+                                            "with data.channel_exchange (CAJ's joint batch; train-agw only)")
 
 
 @dataclass
@@ -398,7 +412,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def build_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a nested dict against the schema (missing keys take their defaults)."""
-    return _build(Recipe, values, "", source)
+    recipe = _build(Recipe, values, "", source)
+    if recipe.data.rgb_views == 2:
+        raise UsageError(f"recipe {source}: data.rgb_views=2 (CAJ's two RGB views): PFANet's F step pairs each RGB "
+                         "image with one IR image")
+    return recipe
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

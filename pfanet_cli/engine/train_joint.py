@@ -139,7 +139,8 @@ class JointTrainer(StageTrainer):
             optimizers=optimizers,
             schedulers={key: torch.optim.lr_scheduler.MultiStepLR(opt, [joint.lr_decay_at], joint.lr_decay_factor)
                         for key, opt in optimizers.items()},
-            batches=self.batch_source("joint", joint.ids_per_batch, joint.images_per_id, recipe.data.pad),
+            batches=self.batch_source("joint", joint.ids_per_batch, joint.images_per_id, recipe.data.pad,
+                                      augment=True),
             batch_sources={GAN_BATCH: self.batch_source("joint.gan_batch", gan_batch.ids_per_batch,
                                                         gan_batch.images_per_id, gan_batch.pad, stream=1)},
             pools={"rgb": ImagePool(recipe.gan.pool_size)},

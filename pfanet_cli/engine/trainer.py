@@ -22,7 +22,7 @@ from torch import nn
 
 from pfanet_cli import __version__
 from pfanet_cli.config import Recipe, recipe_to_dict
-from pfanet_cli.data.augment import to_uint8
+from pfanet_cli.data.augment import NONE, Augmentation, to_uint8
 from pfanet_cli.data.datasets import DATASETS
 from pfanet_cli.data.prepared import PreparedData, open_prepared
 from pfanet_cli.data.sampler import IdentityAlignedSampler
@@ -144,15 +144,20 @@ class StageTrainer:
                                   sync_bn=train.sync_bn and key in sync_bn, compile=train.compile)
                 for key, net in networks.items()}
 
-    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0) -> BatchSource:
+    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0,
+                     augment: bool = False) -> BatchSource:
         """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors),
         prepared ``train.prefetch`` batches ahead; :meth:`close` stops every source made here. Sources of one
-        stage with different ``stream`` numbers draw different identities and augmentations."""
+        stage with different ``stream`` numbers draw different identities and augmentations. Every source flips
+        (``data.flip``) and pads + crops; ``augment``: also the recipe's erasing, greyscale and channel operations
+        (the batches F learns from, never the generators' and discriminators')."""
         seed, rank = self.recipe.train.seed + STREAM_SEED_STEP * stream, self.distributed.rank
         sampler = IdentityAlignedSampler(self.split.labels, self.split.is_ir, ids_per_batch, images_per_id, seed,
                                          rank, self.distributed.world_size, key=key)
+        augmentation = Augmentation.from_config(self.recipe.data) if augment else NONE
         source = BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
-                             channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch)
+                             channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch,
+                             augmentation=augmentation)
         self.opened_sources.append(source)
         return source
 
