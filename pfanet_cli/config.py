@@ -108,6 +108,12 @@ class ModelConfig:
                                             "path (not in AlignGAN; for small, short GAN runs)")
     disc_channels: int = _key(64, _at_least(1), "D's first conv width (64)")
     joint_feature_channels: int = _key(64, _at_least(1), "joint D: width of the projected feature map")
+    method: Literal["pfanet", "agw"] = _key(
+        "pfanet", help="pfanet (train-gan, then train-joint) or agw (AGW's two-stream network, trained by train-agw)")
+    non_local: Literal["agw", "half", "off"] = _key(
+        "agw", help="AGW's non-local blocks (model.method=agw): 'agw' embeds in 1 channel as AGW's code does (the "
+                    "published model), 'half' in C/2 (Wang et al.'s design, a different model), 'off' none")
+    pooling: Literal["gem", "avg"] = _key("gem", help="AGW's pooling (model.method=agw): GeM with p = 3, or average")
 
 
 @dataclass
@@ -413,9 +419,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def build_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a nested dict against the schema (missing keys take their defaults)."""
     recipe = _build(Recipe, values, "", source)
-    if recipe.data.rgb_views == 2:
-        raise UsageError(f"recipe {source}: data.rgb_views=2 (CAJ's two RGB views): PFANet's F step pairs each RGB "
-                         "image with one IR image")
+    if recipe.data.rgb_views == 2 and recipe.model.method != "agw":
+        raise UsageError(f"recipe {source}: data.rgb_views=2 (CAJ's two RGB views) needs model.method=agw; PFANet's "
+                         "F step pairs each RGB image with one IR image")
     return recipe
 
 
