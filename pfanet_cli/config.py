@@ -203,6 +203,36 @@ class TrainConfig:
 
 
 @dataclass
+class AgwConfig:
+    """train-agw: AGW's schedule and losses (``mangye16/Cross-Modal-Re-ID-baseline``, ``train.py``)."""
+
+    epochs: int = _key(81, _at_least(1), "epochs (AGW's train.py loops over epochs 0..80)")
+    iterations_per_epoch: int = _key(0, _non_negative, "0: AGW's rule, int(max(#RGB, #IR) / (P*K)) + 1 of the "
+                                                       "training split; else this many")
+    ids_per_batch: int = _key(8, _at_least(2), "P: identities per batch (AGW: 8)")
+    images_per_id: int = _key(4, _at_least(1), "K: images per identity and modality (AGW: 4)")
+    lr: float = _key(0.1, _positive, "SGD lr of the BN-neck and classifier (AGW: 0.1)")
+    backbone_lr_factor: float = _key(0.1, _positive, "the rest of the network learns at lr x this (AGW: 0.1)")
+    warmup_epochs: int = _key(10, _non_negative, "linear warm-up: epoch e < this runs at lr * (e + 1) / this")
+    first_decay: int = _key(20, _non_negative, "from this epoch on, lr x 0.1 (AGW: 20)")
+    second_decay: int = _key(50, _non_negative, "from this epoch on, lr x 0.01 (AGW: 50)")
+    momentum: float = _key(0.9, _unit_interval, "SGD momentum (Nesterov)")
+    weight_decay: float = _key(5e-4, _non_negative, "SGD weight decay")
+    triplet: Literal["wrt", "adp"] = _key(
+        "wrt", help="wrt: AGW's weighted regularised triplet; adp: CAJ's TripletLoss_ADP (squared difference)")
+    adp_alpha: float = _key(1.0, _positive, "adp: scale of the distances inside the softmax weights (CAJ: 1)")
+    adp_gamma: float = _key(1.0, _positive, "adp: scale of the squared difference (CAJ: 1)")
+    test_feature: Literal["fc", "pool"] = _key(
+        "fc", help="what extract writes: fc, the BN-neck output (the feature AGW's train.py chooses its best model "
+                   "by), or pool, the pooled map; both L2-normalised")
+    test_flip: bool = _key(False, help="mean of the image's and its flip's normalised features, normalised (CAJ's "
+                                       "testa.py); AGW's test.py does not flip")
+    validate_every: int = _key(0, _non_negative, "iterations between validations on the prepared 'val' split "
+                                                 "(keeps best.pt by val mAP; 0 = off)")
+    validate_trials: int = _key(10, _at_least(1), "gallery trials of each validation")
+
+
+@dataclass
 class Recipe:
     name: str = _key("pfanet", help="run name (prefix of the run directory)")
     data: DataConfig = field(default_factory=DataConfig)
@@ -210,6 +240,7 @@ class Recipe:
     gan: GanConfig = field(default_factory=GanConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    agw: AgwConfig = field(default_factory=AgwConfig)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

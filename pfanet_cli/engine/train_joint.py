@@ -36,7 +36,7 @@ from pfanet_cli.engine.checkpoint import check_architecture, load_checkpoint, lo
 from pfanet_cli.engine.rundir import newest_finished_gan_checkpoint
 from pfanet_cli.engine.runtime import no_sync, optimise, unwrap
 from pfanet_cli.engine.trainer import Phase, StageParts, StageTrainer
-from pfanet_cli.engine.validation import BEST_NAME, SelectionRecord, Validator
+from pfanet_cli.engine.validation import SelectionRecord, Validator, due, record_validation
 from pfanet_cli.errors import UsageError
 from pfanet_cli.modeling.build import (
     DISC_IR,
@@ -280,17 +280,8 @@ class JointTrainer(StageTrainer):
     def end_of_iteration(self, phase: Phase, last: bool) -> None:
         """Every ``joint.validate_every`` iterations and at the end: the val protocol, a ``metrics.jsonl`` row,
         and ``best.pt`` when val mAP is the best so far (rank 0)."""
-        every, global_iteration = self.recipe.joint.validate_every, self.global_iteration()
-        if self.validator is None or not self.distributed.is_main or not (global_iteration % every == 0 or last):
+        if self.validator is None or not self.distributed.is_main or \
+                not due(self.recipe.joint.validate_every, self.global_iteration(), last):
             return
         metrics = self.validator.evaluate(unwrap(self.nets[EXTRACTOR]), unwrap(self.nets[GENERATOR_RGB2IR]))
-        best = self.selection.improves(metrics["mAP"])
-        if best:
-            self.selection.value, self.selection.global_iteration = metrics["mAP"], global_iteration
-        self.run.append_metrics({"stage": self.stage, "phase": phase.name, "phase_order": self.phase_index,
-                                 "iteration": self.iteration, "global_iteration": global_iteration,
-                                 "val": metrics, "best": best})
-        console.print(f"{self.stage} val at {global_iteration}: R1 {metrics['r1']:.2f}  mAP {metrics['mAP']:.2f}"
-                      + (f"  (best so far -> {BEST_NAME})" if best else ""), soft_wrap=True)
-        if best:
-            self.write_selected_checkpoint(self.run.checkpoints / BEST_NAME, self.selection.selection())
+        record_validation(self, phase.name, metrics)

@@ -1,4 +1,4 @@
-"""The stage loop shared by train-gan and train-joint, and running a stage end to end.
+"""The stage loop shared by train-gan, train-joint and train-agw, and running a stage end to end.
 
 A stage subclasses :class:`StageTrainer`: it declares its phases, builds its parts in one place
 (:meth:`StageTrainer.build`: networks, optimizers, schedulers, batches, image pools) and implements
@@ -54,6 +54,7 @@ from pfanet_cli.engine.runtime import (
     unwrap,
 )
 from pfanet_cli.errors import DataError, TrainingDiverged
+from pfanet_cli.methods import describe_augmentation, describe_method, require_stage_method
 from pfanet_cli.modeling.build import parameter_counts
 from pfanet_cli.utils.console import console, progress_bar
 from pfanet_cli.utils.plots import save_image_grid
@@ -88,6 +89,8 @@ class StageTrainer:
     """Runs the phases of one stage (see the module docstring)."""
 
     stage = ""
+    sample_titles: tuple[str, ...] = ("RGB", "fake IR", "real IR")
+    """The columns of the sample grids (``last_images``)."""
 
     def __init__(self, recipe: Recipe, run: RunDir, data: PreparedData, device: torch.device,
                  distributed: Distributed, show_progress: bool = True, fresh: bool = True) -> None:
@@ -299,7 +302,7 @@ class StageTrainer:
         report(1, None, None)
         if self.distributed.is_main and (global_iteration % train.sample_every == 0 or done):
             name = f"{self.stage}-{phase.name}-{self.iteration:06d}.png"
-            save_sample_grid(self.run.samples / name, self.last_images)
+            save_sample_grid(self.run.samples / name, self.last_images, titles=self.sample_titles)
         self.end_of_iteration(phase, last=done and self.phase_index + 1 == len(self.phases()))
         if global_iteration % train.checkpoint_every == 0:
             self.write_checkpoint(keep=True)
@@ -406,6 +409,7 @@ def check_data_matches_recipe(data: PreparedData, recipe: Recipe) -> None:
 def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list[str], out: Path | None,
               resume: str | None, show_progress: bool = True, **trainer_options: Any) -> StageResult:
     """Set up devices, data and the run directory, then train ``trainer_class`` to the end."""
+    require_stage_method(recipe, trainer_class.stage)
     distributed, device = init_distributed(recipe.train.device)
     run, resume_from = agree_across_ranks(distributed,
                                           lambda: resolve_run(recipe, trainer_class.stage, out, resume))
@@ -425,7 +429,10 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
         elif distributed.is_main:
             run.truncate_metrics(0, 0)  # rows of an attempt killed before its first checkpoint
         if distributed.is_main:
-            initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
+            described = {"method": describe_method(recipe),
+                         "augmentation": describe_augmentation(recipe, trainer_class.stage)}
+            initialise_run(run, recipe, trainer_class.stage, overrides, str(device),
+                           extra={**described, **trainer.run_info()})
             ranks = f" x {distributed.world_size} processes ({distributed.backend})" if distributed.enabled else ""
             precision = describe_precision(device, trainer.amp, recipe.train.tf32)
             console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks}, {precision} -> {run.path}")
@@ -436,4 +443,5 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
 def stage_parameter_counts(recipe: Recipe, stage: str) -> dict[str, int]:
     """Parameter counts of every network ``stage`` builds for ``recipe`` (classifier sized for the dataset's
     default training split), without data or pretrained weights."""
+    require_stage_method(recipe, stage)
     return parameter_counts(recipe.model, DATASETS[recipe.data.dataset].train_classes, stage)

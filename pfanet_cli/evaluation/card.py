@@ -16,12 +16,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pfanet_cli import __version__
+from pfanet_cli.config import Recipe, build_recipe
 from pfanet_cli.data import llcm, regdb, sysu
+from pfanet_cli.errors import UsageError
+from pfanet_cli.methods import describe_augmentation, describe_method
 
 PROTOCOL_FIELDS = ("dataset", "split", "sampler", "trials", "shot", "mode", "direction", "camera_rule",
-                   "deduplication", "rerank", "flip", "feature", "checkpoint", "features_file", "toolkit")
+                   "deduplication", "rerank", "flip", "feature", "method", "augmentation", "checkpoint",
+                   "features_file", "toolkit")
 """Every field a card may hold, in the order it is shown."""
-SOURCE_FIELDS = ("split", "flip", "feature", "checkpoint")
+SOURCE_FIELDS = ("split", "flip", "feature", "method", "augmentation", "checkpoint")
 NOT_STATED = "not recorded"
 TITLES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM"}
 CAMERA_RULES = {
@@ -54,6 +58,15 @@ DIRECTIONS = {
 }
 FEATURE = "pooled v: F's global-average-pooled feature map (after layer4 and MMM), the SPEC §3 test feature"
 FLIP = "flip-summed: v(image) + v(horizontally flipped image), then L2-normalised"
+AGW_FEATURES = {
+    "fc": "fc: AGW's BN-neck output (BatchNorm1d of the pooled feature map), L2-normalised",
+    "pool": "pool: AGW's pooled feature map (GeM or average, as trained), L2-normalised",
+}
+AGW_FLIP = {
+    False: "not flipped (AGW's test.py); RGB images through the visible stem, IR through the thermal stem",
+    True: "mean of the L2-normalised features of the image and of its horizontal flip, L2-normalised (CAJ's "
+          "testa.py); RGB images through the visible stem, IR through the thermal stem",
+}
 
 
 def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None = None, mode: str | None = None,
@@ -77,18 +90,32 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
 
 
 def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate: bool,
-                          split: str | None = None) -> dict[str, Any]:
-    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload)."""
+                          split: str | None = None, agw_test: tuple[str, bool] | None = None) -> dict[str, Any]:
+    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload);
+    ``agw_test``: the (vector, flip) of an AGW network's features."""
     recipe = payload.get("recipe") or {}
-    triplet = (recipe.get("joint") or {}).get("triplet_feature")
-    feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
-    flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
-    source = {"flip": flip, "feature": feature,
+    if agw_test is not None:
+        feature, flip = AGW_FEATURES[agw_test[0]], AGW_FLIP[agw_test[1]]
+    else:
+        triplet = (recipe.get("joint") or {}).get("triplet_feature")
+        feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
+        flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
+    source = {"flip": flip, "feature": feature, **training_description(recipe, payload.get("stage")),
               "checkpoint": {"path": str(checkpoint), "chosen": checkpoint_choice(payload),
                              "stage": payload.get("stage"), "iteration": payload.get("iteration")}}
     if split is not None:
         source["split"] = split
     return source
+
+
+def training_description(recipe: Mapping[str, Any], stage: str | None) -> dict[str, str]:
+    """The card's ``method`` and ``augmentation`` from a checkpoint's stored recipe (keys it lacks take their
+    defaults, which is what the code that wrote it did); nothing when the recipe is not understood."""
+    try:
+        parsed: Recipe = build_recipe(dict(recipe), "the checkpoint's recipe")
+    except (UsageError, TypeError, ValueError):
+        return {}
+    return {"method": describe_method(parsed), "augmentation": describe_augmentation(parsed, stage)}
 
 
 def checkpoint_choice(payload: Mapping[str, Any]) -> str:

@@ -81,7 +81,7 @@ def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_di
                     dataset: str | None, device: str | None, runs_root: Path = Path("runs"),
                     options_given: Sequence[str] = ()) -> EvaluationSource:
     """The features to evaluate: ``features_file``, or else extracted with ``checkpoint`` (the newest
-    train-joint checkpoint under ``runs_root`` when None) from the prepared folder. ``options_given`` (the
+    train-joint or train-agw checkpoint under ``runs_root`` when None) from the prepared folder. ``options_given`` (the
     dataset-specific options on the command line) are checked against the dataset before any extraction."""
     if features_file is not None:
         features = load_features(features_file)
@@ -98,14 +98,14 @@ def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_di
 
 
 def _checkpoint_to_extract(checkpoint: Path | None, runs_root: Path) -> Path:
-    """``checkpoint``, or the newest train-joint one (named in the error when there is none, with the
-    features-file alternative); it must exist."""
-    from pfanet_cli.engine.checkpoint import existing_checkpoint  # heavy: torch, only needed to extract
+    """``checkpoint``, or the newest train-joint or train-agw one (named in the error when there is none, with
+    the features-file alternative); it must exist."""
+    from pfanet_cli.engine.checkpoint import FEATURE_STAGES, existing_checkpoint  # heavy: torch, only to extract
     from pfanet_cli.engine.rundir import newest_checkpoint  # heavy: torch, only needed to extract
 
     if checkpoint is None:
         try:
-            checkpoint = newest_checkpoint(runs_root, ("train-joint",), "extract")
+            checkpoint = newest_checkpoint(runs_root, FEATURE_STAGES, "extract")
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; or evaluate a features file with --features F.npz") from exc
     existing_checkpoint(checkpoint)
@@ -200,10 +200,12 @@ def directions(dataset: str, direction: str | None, all_settings: bool = False) 
 
 
 def source_card(source: EvaluationSource) -> dict:
-    """The source half of the protocol card: split, flip, feature, checkpoint and the features file."""
+    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint and the
+    features file."""
     fs = source.features
     provenance = fs.provenance or {}
-    card = {key: provenance[key] for key in ("flip", "feature", "checkpoint") if key in provenance}
+    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint")
+            if key in provenance}
     card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
     if fs.source is not None:
         card["features_file"] = str(fs.source)

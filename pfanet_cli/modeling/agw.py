@@ -133,6 +133,7 @@ class AgwNet(nn.Module):
         self.classifier = nn.Linear(channels[-1], num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, 0.0, 0.001)
         self.input_norm = config.input_norm
+        self.test_vector, self.test_flip = "fc", False
         std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
         self.register_buffer("input_scale", 0.5 / std, persistent=False)
         self.register_buffer("input_shift", (0.5 - torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)) / std,
@@ -182,16 +183,24 @@ class AgwNet(nn.Module):
         return {"backbone": [p for p in self.parameters() if id(p) not in head],
                 "head": [*self.bottleneck.parameters(), *self.classifier.parameters()]}
 
+    def configure_test(self, vector: str, flip: bool) -> None:
+        """What :meth:`test_features` returns (``agw.test_feature``, ``agw.test_flip``); not part of the weights."""
+        if vector not in ("fc", "pool"):
+            raise UsageError(f"AGW's test feature is fc or pool, not {vector!r}")
+        self.test_vector, self.test_flip = vector, flip
+
     @torch.no_grad()
-    def test_features(self, images: Tensor, is_visible: Tensor, feature: str = "fc", flip: bool = False) -> Tensor:
-        """AGW's test feature (eval mode): the L2-normalised ``fc`` (BN-neck) or ``pool`` vector; with ``flip``,
-        the mean of the normalised vectors of the image and of its horizontal flip, normalised (CAJ's testa.py)."""
+    def test_features(self, images: Tensor, is_visible: Tensor) -> Tensor:
+        """AGW's test feature (call in eval mode): the L2-normalised ``fc`` (BN-neck) or ``pool`` vector
+        (:meth:`configure_test`; default fc, no flip, as AGW's test.py); with flip, the mean of the normalised
+        vectors of the image and of its horizontal flip, normalised (CAJ's testa.py). ``is_visible`` says which
+        rows go through the visible stem."""
 
         def vector(x: Tensor) -> Tensor:
             out = self.head(self.shared(self.stems(x, is_visible)))
-            return F.normalize((out.neck if feature == "fc" else out.pooled).float(), dim=1)
+            return F.normalize((out.neck if self.test_vector == "fc" else out.pooled).float(), dim=1)
 
         features = vector(images)
-        if flip:
+        if self.test_flip:
             features = F.normalize(features + vector(torch.flip(images, dims=[3])), dim=1)
         return features

@@ -181,8 +181,10 @@ def test_the_same_weights_give_agws_outputs(nets, training):
         torch.testing.assert_close(out.logits, logits, rtol=1e-3, atol=1e-4)
         if not training:  # AGW's test output: l2norm(x_pool), l2norm(feat), rows through their modality's stem
             visible = torch.tensor([True, True, False, False])
-            fc = mine.test_features(unit, visible, "fc")
-            pool = mine.test_features(unit, visible, "pool")
+            fc = mine.test_features(unit, visible)
+            mine.configure_test("pool", flip=False)
+            pool = mine.test_features(unit, visible)
+            mine.configure_test("fc", flip=False)
             torch.testing.assert_close(fc, torch.nn.functional.normalize(feat), rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(pool, torch.nn.functional.normalize(x_pool), rtol=1e-4, atol=1e-5)
 
