@@ -26,6 +26,7 @@ from pfanet_cli.config import Recipe, load_recipe
 from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data.prepared import PreparedData, PreparedSplit, open_prepared
 from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL
 from pfanet_cli.data.sysu import RandPerm, load_rand_perm_cam
 from pfanet_cli.demo.report import Figure, ReportContent, setting_name, write_report
 from pfanet_cli.engine.rundir import RunDir, loss_series, run_lock
@@ -88,14 +89,16 @@ def demo_recipe(out: Path, recipe: str | Path, overrides: Sequence[str], device:
 
 
 def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | None = None,
-             recipe: str | Path = DEMO_RECIPE, overrides: Sequence[str] = (), seed: int = 0) -> DemoResult:
-    """Run (or resume) the demo in ``out`` and return the evaluation results and report paths."""
+             recipe: str | Path = DEMO_RECIPE, overrides: Sequence[str] = (), seed: int = 0,
+             ir_residual: float = DEFAULT_IR_RESIDUAL) -> DemoResult:
+    """Run (or resume) the demo in ``out`` and return the evaluation results and report paths; ``ir_residual`` is
+    the synthetic data's near-infrared residual share (docs/synthetic.md)."""
     out = Path(out)
     config = demo_recipe(out, recipe, overrides, device, seed)
     stages = _Stages()
     try:
         with run_lock(out, "pfanet demo"):
-            return _run(out, config, list(overrides), ids, seed, stages)
+            return _run(out, config, list(overrides), ids, seed, ir_residual, stages)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"demo interrupted during '{stages.current}'; finished stages are kept and no report was half-written "
@@ -103,9 +106,11 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | Non
         ) from exc
 
 
-def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed: int, stages: _Stages) -> DemoResult:
+def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed: int, ir_residual: float,
+         stages: _Stages) -> DemoResult:
     with stages.stage("render synthetic data"):
-        render_synthetic_sysu(out / "raw", preset="small", ids=ids, seed=seed, show_progress=True, reuse=True)
+        render_synthetic_sysu(out / "raw", preset="small", ids=ids, seed=seed, show_progress=True, reuse=True,
+                              ir_residual=ir_residual)
     with stages.stage("prepare-data sysu"):
         prepare_sysu(out / "raw", out / "prepared", height=recipe.data.height, width=recipe.data.width)
     with stages.stage("train-gan"):
