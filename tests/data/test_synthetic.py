@@ -27,6 +27,7 @@ from pfanet_cli.data.synthetic import (
     render_person_image,
     render_plan,
     render_synthetic_sysu,
+    visible_labels,
 )
 from pfanet_cli.data.synthetic.person import BAG, BG, BOTTOM, HAIR, HAT, SHOES, SKIN, STRAP, TOP, TOP_B
 from pfanet_cli.data.sysu import (
@@ -215,6 +216,42 @@ def test_default_share_makes_ir_partly_predictable_and_carbon_black_dark():
     assert explained > 0.85 and np.corrcoef(lum, ir)[0, 1] < explained - 0.2
     assert np.mean(dark) > 2 * np.mean(light)
     assert nir.DEFAULT_IR_RESIDUAL == draw_identity.__defaults__[0] == plan_synthetic_sysu("small").ir_residual
+
+
+def test_visible_labels_are_the_ground_truth_of_the_rendered_image():
+    """Where the label map says a part is, the image shows that part's colour (RGB) or its IR intensity's order."""
+    checked_rgb = checked_ir = 0
+    for pid in range(1, 7):
+        ident = draw_identity(2, pid, ir_residual=0.0)
+        for cam in ALL_CAMERAS:
+            image = render_person_image(2, pid, cam, 1, 128, 64, identity=ident).astype(np.float64)
+            labels = visible_labels(2, pid, cam, 1, 128, 64, identity=ident)
+            assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
+            inner = _eroded(labels)  # away from the blurred edges
+            parts = [k for k in GARMENTS + (SKIN,) if (inner == k).sum() >= 40]
+            if cam in IR_CAMERAS:
+                grey = {k: image[inner == k, 0].mean() for k in parts}
+                for a in parts:
+                    for b in parts:
+                        if ident.ir[a] - ident.ir[b] > 0.15:
+                            assert grey[a] > grey[b], (pid, cam, a, b)
+                            checked_ir += 1
+            else:
+                for k in parts:
+                    mean = image[inner == k].mean(axis=0)
+                    colour = ident.rgb[k].astype(np.float64)
+                    assert mean @ colour / (np.linalg.norm(mean) * np.linalg.norm(colour) + 1e-9) > 0.93, (pid, cam, k)
+                    checked_rgb += 1
+    assert checked_rgb > 50 and checked_ir > 10
+
+
+def _eroded(labels: np.ndarray) -> np.ndarray:
+    """Labels whose 4-neighbours (two pixels away) carry the same label; 255 elsewhere."""
+    out = labels.copy()
+    for axis in (0, 1):
+        for shift in (-2, 2):
+            out[np.roll(labels, shift, axis=axis) != labels] = 255
+    return out
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.3", True])

@@ -44,6 +44,7 @@ from pfanet_cli.data.synthetic.render import (
     render_person_image,
     render_plan,
     render_synthetic_sysu,
+    visible_labels,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "render_plan",
     "render_synthetic_sysu",
     "render_person_image",
+    "visible_labels",
     "draw_identity",
     "Identity",
 ]

@@ -56,27 +56,61 @@ def render_person_image(seed: int, pid: int, cam: int, n: int, height: int, widt
     ``cam`` picks the look and the scene (SYSU-MM01 cameras 1..6); ``stream`` (default ``cam``) keys the
     person's pass and the image's random draws, so another layout can reuse a look for several cameras.
     ``ir_residual`` (used when ``identity`` is not given) is the near-infrared model's residual share."""
-    if cam not in CAMERAS:
-        raise UsageError(f"camera must be one of {ALL_CAMERAS}, got {cam!r}")
-    key = cam if stream is None else stream
-    ident = identity if identity is not None else draw_identity(seed, pid, ir_residual)
-    track = draw_track(seed, pid, key)
-    style = CAMERAS[cam]
-    rng = np.random.default_rng([seed, STREAM_IMAGE, pid, key, n])
-    u, v, labels = _place_person(ident, track, rng, height, width)
-    person = labels > 0
-    bg = background(cam, rng, height, width)
-    # cylindrical shading across the body and a soft light from one side
-    body_u = np.clip(u / (ident.shoulder * 1.8), -1, 1)
-    light_side = rng.uniform(-0.12, 0.12)
-    shade = (1.0 - 0.22 * body_u**2 + light_side * body_u)[None, :] * (1.04 - 0.08 * v.clip(0, 1))[:, None]
-    texture = 1.0 + 0.05 * smooth_noise(rng, height, width, 10, 5)
-    occluder = _Occluder.draw(rng, height, width)
-    if style.ir:
-        pil = _infrared_image(ident, labels, person, shade, texture, bg, occluder, rng)
+    frame = _Frame.draw(seed, pid, cam, n, height, width, identity, stream, ir_residual)
+    ident, labels, person, rng = frame.identity, frame.labels, frame.labels > 0, frame.rng
+    if frame.style.ir:
+        pil = _infrared_image(ident, labels, person, frame.shade, frame.texture, frame.bg, frame.occluder, rng)
     else:
-        pil = _colour_image(ident, labels, person, shade, texture, bg, occluder, track, style, rng)
-    return _camera_effects(pil, style, rng, height / 128.0)
+        pil = _colour_image(ident, labels, person, frame.shade, frame.texture, frame.bg, frame.occluder, frame.track,
+                            frame.style, rng)
+    return _camera_effects(pil, frame.style, rng, height / 128.0)
+
+
+def visible_labels(seed: int, pid: int, cam: int, n: int, height: int, width: int, identity: Identity | None = None,
+                   stream: int | None = None, ir_residual: float = DEFAULT_IR_RESIDUAL) -> np.ndarray:
+    """The ground truth of :func:`render_person_image` (same arguments): uint8 H x W label map of the person's
+    parts (``person.py``: ``BG``, ``SKIN``, ``TOP``, ...) as the image shows them, ``BG`` where the scene or an
+    occluder is in front. Replays the same random draws without colouring anything."""
+    frame = _Frame.draw(seed, pid, cam, n, height, width, identity, stream, ir_residual)
+    labels = frame.labels.copy()
+    if frame.occluder.where is not None:
+        labels[frame.occluder.where] = 0
+    return labels
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Everything drawn for one image before it is coloured: the person, where they stand, the scene, the
+    shading and texture, the occluder, and the image's generator (positioned for the colouring draws)."""
+
+    identity: Identity
+    style: CameraStyle
+    track: Track
+    rng: np.random.Generator
+    labels: np.ndarray
+    bg: object
+    shade: np.ndarray
+    texture: np.ndarray
+    occluder: "_Occluder"
+
+    @classmethod
+    def draw(cls, seed: int, pid: int, cam: int, n: int, height: int, width: int, identity: Identity | None,
+             stream: int | None, ir_residual: float) -> "_Frame":
+        if cam not in CAMERAS:
+            raise UsageError(f"camera must be one of {ALL_CAMERAS}, got {cam!r}")
+        key = cam if stream is None else stream
+        ident = identity if identity is not None else draw_identity(seed, pid, ir_residual)
+        track = draw_track(seed, pid, key)
+        rng = np.random.default_rng([seed, STREAM_IMAGE, pid, key, n])
+        u, v, labels = _place_person(ident, track, rng, height, width)
+        bg = background(cam, rng, height, width)
+        # cylindrical shading across the body and a soft light from one side
+        body_u = np.clip(u / (ident.shoulder * 1.8), -1, 1)
+        light_side = rng.uniform(-0.12, 0.12)
+        shade = (1.0 - 0.22 * body_u**2 + light_side * body_u)[None, :] * (1.04 - 0.08 * v.clip(0, 1))[:, None]
+        texture = 1.0 + 0.05 * smooth_noise(rng, height, width, 10, 5)
+        occluder = _Occluder.draw(rng, height, width)
+        return cls(ident, CAMERAS[cam], track, rng, labels, bg, shade, texture, occluder)
 
 
 def _place_person(ident: Identity, track: Track, rng: np.random.Generator, height: int,
