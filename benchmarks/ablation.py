@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,8 +59,8 @@ VARIANT_SETS = {
         Variant("B (plain)", ("model.bng=false", "model.mmm=false")),
         Variant("B + BNG", ("model.mmm=false",)),
         Variant("B + MMM", ("model.bng=false",)),
-        Variant("B + BNG + MMM, no GAN", NO_GAN, gan=False),
-        Variant("PFANet (B + BNG + MMM, GAN)"),
+        Variant("B + BNG + MMM (no GAN)", NO_GAN, gan=False),
+        Variant("PFANet (B + BNG + MMM + GAN)"),
     ),
 }
 
@@ -138,7 +139,7 @@ def train_gan(plan: Plan, seed: int, threads: int) -> Path:
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def train_and_score(plan: Plan, variant: Variant, seed: int, gan: Future | None, threads: int) -> dict:
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each gets cores / jobs threads)")
     parser.add_argument("--set", default="table2", choices=sorted(VARIANT_SETS), help="the variants to run")
     parser.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE,... (adds or replaces one)")
-    parser.add_argument("--only", default="", help="comma-separated variant names to keep (default: all)")
+    parser.add_argument("--only", default="", help="variant names to keep, separated by ';' (default: all)")
     parser.add_argument("--validate-every", type=int, default=50)
     parser.add_argument("--fidelity", action="store_true", help="measure each GAN variant's G_I (fidelity.py)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides for every run (k=v)")
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = parse_variant(text)
         variants[extra.name] = extra
     if args.only:
-        keep = [name.strip() for name in args.only.split(",")]
+        keep = [name.strip() for name in args.only.split(";")]
         variants = {name: variants[name] for name in keep}
     plan = Plan(args.out.resolve(), args.recipe, args.ids, [int(s) for s in args.seeds.split(",")],
                 list(variants.values()), list(args.overrides), args.jobs, args.validate_every, args.fidelity)
