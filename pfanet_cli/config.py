@@ -108,6 +108,9 @@ class ModelConfig:
                                             "path (not in AlignGAN; for small, short GAN runs)")
     disc_channels: int = _key(64, _at_least(1), "D's first conv width (64)")
     joint_feature_channels: int = _key(64, _at_least(1), "joint D: width of the projected feature map")
+    pixel_alignment: Literal["gan", "grey"] = _key(
+        "gan", help="how RGB images reach F: 'gan' through G_I (PFANet; trained by train-gan and the joint phase), "
+                    "'grey' through a fixed luma conversion (no generator, no GAN: the ablation's 'without the GAN')")
     method: Literal["pfanet", "agw"] = _key(
         "pfanet", help="pfanet (train-gan, then train-joint) or agw (AGW's two-stream network, trained by train-agw)")
     non_local: Literal["agw", "half", "off"] = _key(

@@ -40,6 +40,8 @@ def describe_method(recipe: Recipe) -> str:
                 f"{model.last_stride}), {non_local}, {pooling}, BN-neck; cross-entropy + {triplet}")
     modules = [name for name, on in (("BNG", model.bng), ("MMM", model.mmm)) if on]
     extractor = f"{model.backbone} ({init})" + (" with " + " and ".join(modules) if modules else ", no BNG, no MMM")
+    if model.pixel_alignment == "grey":
+        return f"PFANet without the GAN: F {extractor}; RGB images reach F through a fixed luma conversion"
     return f"PFANet: F {extractor}; generators G_I, G_R and the joint discriminator"
 
 

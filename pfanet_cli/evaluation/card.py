@@ -27,19 +27,27 @@ PROTOCOL_FIELDS = ("dataset", "split", "sampler", "trials", "shot", "mode", "dir
 """Every field a card may hold, in the order it is shown."""
 SOURCE_FIELDS = ("split", "flip", "feature", "method", "augmentation", "checkpoint")
 NOT_STATED = "not recorded"
-TITLES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM"}
+TITLES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM",
+          "sysu-same-modality": "SYSU-MM01 layout, same-modality diagnostic (not the SYSU-MM01 protocol)"}
 CAMERA_RULES = {
     "sysu": "a cam3 (IR) query never sees cam2 gallery images (same room), whatever the identity; "
             "nothing else is removed",
     "regdb": "none (one visible and one thermal camera)",
     "llcm": "gallery images of the query's identity taken by the query's camera (the same camera number in "
             "either modality) are removed, as the reference eval_llcm does",
+    "sysu-same-modality": "gallery images of the query's identity taken by the query's own camera are removed, so a "
+                          "match must come from another camera of the same modality",
 }
 DEDUPLICATION = {
     "sysu": "CMC counts each identity once, at its first occurrence; mAP and mINP on the junk-filtered list",
     "regdb": "none: image-level CMC",
     "llcm": "CMC counts each identity once, at its first occurrence; mAP and mINP on the junk-filtered list",
+    "sysu-same-modality": "CMC counts each identity once, at its first occurrence; mAP and mINP on the "
+                          "junk-filtered list",
 }
+MODES = {"all": "all-search (gallery cameras 1, 2, 4, 5)", "indoor": "indoor-search (gallery cameras 1, 2)",
+         "ir->ir": "IR queries (cameras 3, 6) against an IR gallery (cameras 3, 6)",
+         "rgb->rgb": "RGB queries (cameras 1, 2, 4, 5) against an RGB gallery (cameras 1, 2, 4, 5)"}
 SAMPLERS = {
     "official": "official: rows of rand_perm_cam.mat (the SYSU-MM01 MATLAB evaluation's galleries)",
     "agw": "agw: random.seed(trial), ids ascending, cameras in order, random.choice over sorted files "
@@ -78,8 +86,7 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
         card["shot"] = {"single": "single-shot (1 image per identity and camera)",
                         "multi": "multi-shot (10 images per identity and camera)"}.get(shot, shot)
     if mode is not None:
-        card["mode"] = {"all": "all-search (gallery cameras 1, 2, 4, 5)",
-                        "indoor": "indoor-search (gallery cameras 1, 2)"}.get(mode, mode)
+        card["mode"] = MODES.get(mode, mode)
     if direction is not None:
         card["direction"] = DIRECTIONS.get(direction, direction)
     card["camera_rule"] = CAMERA_RULES[dataset]

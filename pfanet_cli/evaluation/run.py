@@ -31,6 +31,7 @@ from pfanet_cli.evaluation.protocols import (
     write_results_json,
 )
 from pfanet_cli.evaluation.rerank import RerankConfig
+from pfanet_cli.evaluation.same_modality import evaluate_same_modality
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import ImageLoader, raw_image_loader
 from pfanet_cli.utils.plots import save_cmc_plot, save_ranked_lists
@@ -41,7 +42,8 @@ DIRECTIONS = {"regdb": regdb.DIRECTIONS, "llcm": llcm.DIRECTIONS}
 BOTH = "both"
 # the datasets whose protocol reads each dataset-specific option of `pfanet evaluate`
 OPTION_DATASETS = {"--mode": ("sysu",), "--shot": ("sysu",), "--sampler": ("sysu",), "--perm-file": ("sysu",),
-                   "--trials": ("sysu", "llcm"), "--direction": ("regdb", "llcm")}
+                   "--trials": ("sysu", "llcm"), "--direction": ("regdb", "llcm"), "--same-modality": ("sysu",)}
+SAME_MODALITY_TITLE = "same-modality diagnostic (not the SYSU-MM01 protocol; never part of its numbers)"
 BUNDLED = "the copy shipped with pfanet (pfanet_cli/resources/rand_perm_cam.mat, the real SYSU-MM01's)"
 
 
@@ -188,6 +190,29 @@ def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mod
         if result.sampler == "official" and permutation.origin:
             result.card["sampler"] += f"; permutation file: {permutation.origin}"
     return results
+
+
+def evaluate_source_same_modality(source: EvaluationSource, *, trials: int = 10,
+                                  max_rank: int = 20) -> list[EvalResult]:
+    """The same-modality diagnostic (IR->IR, RGB->RGB; ``same_modality.py``) of a SYSU-MM01 source, with the
+    source half of the card."""
+    fs = source.features
+    results = evaluate_same_modality(fs.features, fs.pids, fs.camids, fs.paths, trials=trials, max_rank=max_rank)
+    attach_source(results, source_card(source))
+    return results
+
+
+def report_same_modality(source: EvaluationSource, *, trials: int = 10, max_rank: int = 20,
+                         json_out: Path | None = None) -> list[EvalResult]:
+    """``evaluate --same-modality``: the diagnostic's own table and card, and ``<json name>_same_modality.json``
+    beside the protocol's JSON, never inside it."""
+    diagnostic = evaluate_source_same_modality(source, trials=trials, max_rank=max_rank)
+    print_results(diagnostic, title=f"{SAME_MODALITY_TITLE}, agw sampler, {trials} trials")
+    if json_out is not None:
+        written = write_results_json(json_out.with_name(json_out.stem + "_same_modality.json"), diagnostic,
+                                     as_list=True)
+        console.print(f"same-modality diagnostic written to {written}")
+    return diagnostic
 
 
 def directions(dataset: str, direction: str | None, all_settings: bool = False) -> list[str]:

@@ -14,7 +14,13 @@ from torch import nn
 from pfanet_cli.config import ModelConfig
 from pfanet_cli.modeling.agw import AgwNet
 from pfanet_cli.modeling.extractor import FeatureExtractor, feature_channels
-from pfanet_cli.modeling.gan import JointDiscriminator, PatchDiscriminator, ResnetGenerator, init_gan_weights
+from pfanet_cli.modeling.gan import (
+    GreyGenerator,
+    JointDiscriminator,
+    PatchDiscriminator,
+    ResnetGenerator,
+    init_gan_weights,
+)
 from pfanet_cli.modeling.pretrained import load_agw_imagenet_weights, load_imagenet_weights
 
 GENERATOR_RGB2IR = "generator_rgb2ir"
@@ -38,6 +44,8 @@ class NetworkSpec:
 
 
 def _generator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
+    if config.pixel_alignment == "grey":
+        return GreyGenerator()
     return ResnetGenerator(config.generator_channels, config.generator_res_blocks, config.generator_skip)
 
 
@@ -76,7 +84,9 @@ GENERATOR_KEYS = (GENERATOR_RGB2IR, GENERATOR_IR2RGB)
 STAGE_NETWORKS = {"train-gan": (GENERATOR_RGB2IR, GENERATOR_IR2RGB, DISC_RGB, DISC_IR), "train-joint": NETWORK_KEYS,
                   "train-agw": (AGW,)}
 """The networks each training stage builds and checkpoints."""
-GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks", "generator_skip")
+GREY_JOINT_NETWORKS = (GENERATOR_RGB2IR, EXTRACTOR)
+"""What train-joint builds with ``model.pixel_alignment: grey``: the fixed grey G_I and F (no G_R, no D)."""
+GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks", "generator_skip", "pixel_alignment")
 """The ``model`` keys G_I and G_R are built from."""
 GAN_ARCHITECTURE = GENERATOR_ARCHITECTURE + ("disc_channels",)
 """The ``model`` keys train-gan's networks are built from (F's keys do not concern it)."""
@@ -102,6 +112,13 @@ def build_networks(config: ModelConfig, num_classes: int, joint_discriminator: b
     return networks
 
 
+def stage_networks(config: ModelConfig, stage: str) -> tuple[str, ...]:
+    """The networks ``stage`` builds and checkpoints for ``config``."""
+    if stage == "train-joint" and config.pixel_alignment == "grey":
+        return GREY_JOINT_NETWORKS
+    return STAGE_NETWORKS[stage]
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of parameter elements of ``module`` (trainable or not; buffers excluded)."""
     return sum(p.numel() for p in module.parameters())
@@ -111,7 +128,7 @@ def parameter_counts(config: ModelConfig, num_classes: int, stage: str) -> dict[
     """Parameter counts by paper name of every network a stage builds (no data, no pretrained weights),
     plus their total."""
     networks = build_networks(config, num_classes, joint_discriminator=stage == "train-joint",
-                              load_pretrained=False, keys=STAGE_NETWORKS[stage])
+                              load_pretrained=False, keys=stage_networks(config, stage))
     counts = {NETWORKS[key].paper_name: count_parameters(net) for key, net in networks.items()}
     counts["total"] = sum(counts.values())
     return counts
