@@ -6,7 +6,8 @@ What it does (every step is a `pfanet` command run in a subprocess, so what is m
 1. render the synthetic dataset (`--ids`, data seed 0, the default near-infrared model) and prepare it at the
    recipe's size with `--train-split train`, so the val identities are kept out of training;
 2. per training seed, `train-gan` once (the GAN variants of that seed share it);
-3. per variant and seed, `train-joint` with `joint.validate_every`: the SYSU protocol on the val identities
+3. per variant and seed, `train-joint` with `joint.validate_every` (`train-agw` with `agw.validate_every` for
+   AGW's recipes): the SYSU protocol on the val identities
    keeps `best.pt` (best val mAP), which is the model scored;
 4. `pfanet evaluate --same-modality` of `best.pt` on the test split: all-search single-shot R1/mAP with the
    official sampler (10 trials), and the same model's IR->IR and RGB->RGB diagnostic;
@@ -17,8 +18,10 @@ What it does (every step is a `pfanet` command run in a subprocess, so what is m
 
 Runs are independent subprocesses, `--jobs` at a time, each with `cores / jobs` threads; a finished run
 (its `result.json`) is kept, so re-running resumes. Variant sets: `table2` (B, B+BNG, B+MMM, B+BNG+MMM
-without the GAN, PFANet); `--variant NAME=OVERRIDE,OVERRIDE` adds or replaces one (`recipe=FILE` as an
-override picks another recipe; `gan=false` trains without a train-gan run).
+without the GAN, PFANet); `baselines` (AGW, CAJ, PFANet, PFANet with CAJ's augmentation: `demo_agw.yaml`,
+`demo_caj.yaml`, the recipe, `demo_pfanet_caj.yaml`); `--variant NAME=OVERRIDE,OVERRIDE` adds or replaces one
+(`recipe=FILE` as an override picks another recipe; `gan=false` trains without a train-gan run). A variant whose
+recipe is AGW's (`model.method: agw`) trains with `train-agw` and `agw.validate_every` instead of train-joint.
 
     python benchmarks/ablation.py --out runs/ablation [--ids 400] [--seeds 0,1,2] [--jobs 2] [k=v ...]
 """
@@ -61,6 +64,12 @@ VARIANT_SETS = {
         Variant("B + MMM", ("model.bng=false",)),
         Variant("B + BNG + MMM (no GAN)", NO_GAN, gan=False),
         Variant("PFANet (B + BNG + MMM + GAN)"),
+    ),
+    "baselines": (
+        Variant("AGW", recipe="demo_agw.yaml", gan=False),
+        Variant("CAJ", recipe="demo_caj.yaml", gan=False),
+        Variant("PFANet"),
+        Variant("PFANet + CAJ augmentation", recipe="demo_pfanet_caj.yaml"),
     ),
 }
 
@@ -149,21 +158,32 @@ def train_and_score(plan: Plan, variant: Variant, seed: int, gan: Future | None,
     if result_file.is_file():
         return json.loads(result_file.read_text(encoding="utf-8"))
     started = time.perf_counter()
-    init = ["--init-gan", str(gan.result())] if gan is not None else []
-    joint = out / "joint"
-    resume = ["--resume", "auto"] if joint.exists() else []
-    run(plan, ["train-joint", *common(plan, seed, variant.recipe), f"joint.validate_every={plan.validate_every}",
-               *variant.overrides, "--out", str(joint), *init, *resume], out / "train-joint.log", threads)
+    stage, trained_run, args = training_command(plan, variant, seed, out, gan.result() if gan is not None else None)
+    run(plan, args, out / f"{stage}.log", threads)
     trained = time.perf_counter() - started
-    best = joint / "checkpoints" / "best.pt"
+    best = trained_run / "checkpoints" / "best.pt"
     run(plan, ["evaluate", "--checkpoint", str(best), "--data", str(plan.prepared), "--sampler", "official",
                "--json", str(out / "test.json"), "--same-modality", "--device", "cpu"], out / "evaluate.log", threads)
-    result = collect(out, joint, variant, seed, trained)
+    result = collect(out, trained_run, variant, seed, trained)
     if plan.fidelity and variant.gan:
         result["fidelity"] = fidelity(plan, best, out, threads)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result_file.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def training_command(plan: Plan, variant: Variant, seed: int, out: Path,
+                     gan: Path | None) -> tuple[str, Path, list[str]]:
+    """(stage, run folder, arguments) of a variant's training: train-joint (from the seed's train-gan run when
+    ``gan``), or train-agw for an AGW recipe; validated every ``plan.validate_every`` iterations."""
+    method = load_recipe(variant.recipe or plan.recipe, [*plan.overrides, *variant.overrides]).model.method
+    stage, section = ("train-agw", "agw") if method == "agw" else ("train-joint", "joint")
+    folder = out / section
+    init = ["--init-gan", str(gan)] if gan is not None else []
+    resume = ["--resume", "auto"] if folder.exists() else []
+    args = [stage, *common(plan, seed, variant.recipe), f"{section}.validate_every={plan.validate_every}",
+            *variant.overrides, "--out", str(folder), *init, *resume]
+    return stage, folder, args
 
 
 def collect(out: Path, joint: Path, variant: Variant, seed: int, train_seconds: float) -> dict:

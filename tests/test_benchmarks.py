@@ -100,3 +100,25 @@ def test_ablation_trains_each_variant_per_seed_chooses_on_val_and_resumes(tmp_pa
     again, done = run_script("ablation.py", *args, timeout=600)  # resumes: every run is kept
     assert done.returncode == 0 and again["variants"] == result["variants"]
     assert (out / "table.md").stat().st_mtime_ns >= stamp
+
+
+def test_ablation_trains_agw_recipes_with_train_agw_and_pfanet_ones_with_train_joint(tmp_path):
+    """The `baselines` set: AGW and CAJ (model.method=agw) run train-agw with agw.validate_every into <run>/agw,
+    PFANet's train-joint with joint.validate_every, from the seed's train-gan run when the variant has one."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ablation  # the benchmark script, imported to check the commands it would run
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    plan = ablation.Plan(tmp_path, "demo_cpu.yaml", 20, [0], list(ablation.VARIANT_SETS["baselines"]), ["train.log_every=5"], 1,
+                         25, False)
+    agw, caj, pfanet, pfanet_caj = plan.variants
+    stage, folder, args = ablation.training_command(plan, agw, 3, tmp_path / "agw-seed3", None)
+    assert (stage, folder) == ("train-agw", tmp_path / "agw-seed3" / "agw")
+    assert args[:2] == ["train-agw", "demo_agw.yaml"] and "agw.validate_every=25" in args and "train.seed=3" in args
+    assert "--init-gan" not in args and args[args.index("--out") + 1] == str(folder)
+    assert ablation.training_command(plan, caj, 0, tmp_path / "c", None)[2][1] == "demo_caj.yaml"
+    stage, folder, args = ablation.training_command(plan, pfanet_caj, 0, tmp_path / "p", tmp_path / "gan.pt")
+    assert stage == "train-joint" and args[1] == "demo_pfanet_caj.yaml" and "joint.validate_every=25" in args
+    assert args[args.index("--init-gan") + 1] == str(tmp_path / "gan.pt")
+    assert ablation.training_command(plan, pfanet, 0, tmp_path / "q", None)[2][1] == "demo_cpu.yaml"
