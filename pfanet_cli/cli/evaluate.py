@@ -31,9 +31,8 @@ def evaluate_command(
                            "image of both modalities); with --all-trials a template holding {trial}")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint",
-        help="extract features with this checkpoint first \\[default: the newest train-joint or train-agw "
-             "one]; with "
-             "--all-trials a template holding {trial}")] = None,
+        help="extract features with this checkpoint first \\[default: the newest train-joint or train-agw one]; "
+             "with --all-trials a template holding {trial}")] = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="prepared dataset dir (extraction, permutation file, ranked-list images) "
                        "\\[default: data/prepared/<dataset>; with --all-trials the parent of trial1..trial10]")] = None,

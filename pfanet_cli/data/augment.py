@@ -113,12 +113,6 @@ def uint8_to_unit_range(crops: np.ndarray) -> np.ndarray:
     return unit
 
 
-def crop_rows_to_unit_range(images: np.ndarray, rows: np.ndarray, plan: CropPlan, pad: int) -> np.ndarray:
-    """Rows of an N×H×W×3 uint8 array, padded with ``pad`` zeros, cropped and flipped by ``plan`` and
-    scaled to [-1, 1]: a B×H×W×3 float32 array (padding becomes -1)."""
-    return uint8_to_unit_range(crop_rows(images, rows, plan, pad))
-
-
 def gather_rows(images: np.ndarray, rows: np.ndarray, pin_memory: bool = False) -> torch.Tensor:
     """Rows of an N×H×W×3 uint8 (memory-mapped) array as a B×H×W×3 uint8 tensor, in page-locked
     memory when ``pin_memory`` (so the copy to a GPU can run asynchronously)."""

@@ -5,10 +5,13 @@ parameters AGW's module holds but never uses."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
+from pfanet_cli.cli import main
 from pfanet_cli.modeling.agw import AgwNet, NonLocal, gem_pool
 from pfanet_cli.modeling.build import AGW, build_networks, count_parameters, parameter_counts
 from tests.helpers import small_config
@@ -141,6 +144,12 @@ def test_parameters_are_those_agws_network_uses_names_and_shapes(nets):
     assert counts == {"agw_module": 71_365_839, "used": 24_359_311, "mine": 24_359_311}
     assert parameter_counts(small_config(backbone="resnet50", method="agw"), SYSU_CLASSES, "train-agw") == {
         "AGW": 24_359_311, "total": 24_359_311}
+
+
+def test_the_recipes_dry_run_with_those_counts(capsys):
+    for recipe, count in (("sysu_agw.yaml", 24_359_311), ("sysu_caj.yaml", 24_359_311), ("regdb_agw.yaml", 23_972_239)):
+        assert main(["train-agw", recipe, "--dry-run", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["parameters"] == {"AGW": count, "total": count}
 
 
 def test_the_used_parameters_are_exactly_those_that_get_gradients(nets):
