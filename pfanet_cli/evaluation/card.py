@@ -4,8 +4,9 @@ or writes (table, ``--json``, the demo report).
 A card has two halves. The protocol half is known where the numbers are computed
 (``protocols.py``): dataset, sampler, trials, shot, mode or direction, the camera rule, de-duplication and
 re-ranking. The source half says where the features came from: the split they cover, whether they are
-flip-summed, which vector, and the checkpoint (path and how it was chosen: the last one, or the best on a
-validation split) or the features file. ``extract`` records the source half in the features it returns
+flip-summed, which vector, how RGB images were translated (G_I's test-time normalisation), and the
+checkpoint (path and how it was chosen: the last one, or the best on a validation split) or the features
+file. ``extract`` records the source half in the features it returns
 (:func:`extraction_provenance`); ``evaluation.run`` and the demo attach it (:func:`attach_source`).
 """
 
@@ -19,7 +20,8 @@ from pfanet_cli import __version__
 from pfanet_cli.data import llcm, regdb, sysu
 
 PROTOCOL_FIELDS = ("dataset", "split", "sampler", "trials", "shot", "mode", "direction", "camera_rule",
-                   "deduplication", "rerank", "flip", "feature", "checkpoint", "features_file", "toolkit")
+                   "deduplication", "rerank", "flip", "feature", "checkpoint", "features_file", "toolkit",
+                   "translation")
 """Every field a card may hold, in the order it is shown."""
 SOURCE_FIELDS = ("split", "flip", "feature", "checkpoint")
 NOT_STATED = "not recorded"
@@ -54,6 +56,13 @@ DIRECTIONS = {
 }
 FEATURE = "pooled v: F's global-average-pooled feature map (after layer4 and MMM), the SPEC §3 test feature"
 FLIP = "flip-summed: v(image) + v(horizontally flipped image), then L2-normalised"
+TRANSLATIONS = {
+    "running": "RGB -> fake IR by G_I in eval mode, its InstanceNorm with the running statistics of training "
+               "(model.generator_test_norm = running)",
+    "instance": "RGB -> fake IR by G_I in eval mode, its InstanceNorm with each image's own statistics, as in "
+                "training (model.generator_test_norm = instance)",
+}
+NO_TRANSLATION = "none: RGB images go into F as they are"
 
 
 def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None = None, mode: str | None = None,
@@ -77,15 +86,17 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
 
 
 def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate: bool,
-                          split: str | None = None) -> dict[str, Any]:
-    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload)."""
+                          split: str | None = None, generator_norm: str = "running") -> dict[str, Any]:
+    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload);
+    ``generator_norm``: what G_I's InstanceNorm used (``model.generator_test_norm``)."""
     recipe = payload.get("recipe") or {}
     triplet = (recipe.get("joint") or {}).get("triplet_feature")
     feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
     flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
     source = {"flip": flip, "feature": feature,
               "checkpoint": {"path": str(checkpoint), "chosen": checkpoint_choice(payload),
-                             "stage": payload.get("stage"), "iteration": payload.get("iteration")}}
+                             "stage": payload.get("stage"), "iteration": payload.get("iteration")},
+              "translation": TRANSLATIONS.get(generator_norm, generator_norm) if translate else NO_TRANSLATION}
     if split is not None:
         source["split"] = split
     return source

@@ -1,8 +1,9 @@
 """``extract``: the SPEC §3 test feature of every image of a prepared split or an image folder.
 
 The feature is F's GAP vector of the image plus that of its horizontal flip, L2-normalised; RGB
-images are first translated to fake IR by G_I (eval mode) unless ``translate`` is off; IR images go
-in as they are. Images are read in batches from the memory-mapped prepared array.
+images are first translated to fake IR by G_I (eval mode, its InstanceNorm as
+``model.generator_test_norm`` says) unless ``translate`` is off; IR images go in as they are. Images
+are read in batches from the memory-mapped prepared array.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ from pfanet_cli.evaluation.card import extraction_provenance, prepared_split
 from pfanet_cli.evaluation.features import FeatureSet, validate_arrays
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR
 from pfanet_cli.modeling.extractor import extract_test_features
+from pfanet_cli.modeling.gan import generator_test_norm, set_generator_test_norm
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import BadImage, list_images, load_rgb
 
 Progress = Callable[[int, int], None]
 
 
-def load_feature_networks(checkpoint: Path, translate: bool) -> tuple[nn.Module, nn.Module | None, dict]:
-    """F (and G_I when RGB images are to be translated) from a checkpoint, in eval mode."""
+def load_feature_networks(checkpoint: Path, translate: bool,
+                          generator_norm: str | None = None) -> tuple[nn.Module, nn.Module | None, dict]:
+    """F (and G_I when RGB images are to be translated) from a checkpoint, in eval mode. G_I's InstanceNorm uses
+    what the checkpoint's ``model.generator_test_norm`` says, or ``generator_norm`` when given."""
     keys = [EXTRACTOR, GENERATOR_RGB2IR] if translate else [EXTRACTOR]
     networks, payload = restore_networks(checkpoint, keys, "extract")
-    return networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), payload
+    generator = networks.get(GENERATOR_RGB2IR)
+    if generator is not None and generator_norm is not None:
+        set_generator_test_norm(generator, generator_norm)
+    return networks[EXTRACTOR], generator, payload
 
 
 @torch.inference_mode()
@@ -73,12 +80,12 @@ def _resolve_checkpoint(checkpoint: Path | None, runs_root: Path, purpose: str) 
 
 def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, split: str = "test",
                   translate: bool = True, batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                  on_progress: Progress | None = None) -> FeatureSet:
+                  on_progress: Progress | None = None, generator_norm: str | None = None) -> FeatureSet:
     """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
     the prepared data's official permutation file when it has one. ``data``: an opened prepared folder
-    or its path."""
+    or its path. ``generator_norm`` overrides the checkpoint's ``model.generator_test_norm``."""
     checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate)
+    extractor, generator, payload = load_feature_networks(checkpoint, translate, generator_norm)
     if not isinstance(data, PreparedData):
         data = open_prepared(data)
     rows = data.split(split)
@@ -95,16 +102,17 @@ def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, spli
     perm = data.perm_file()
     result.perm_mat_bytes = perm.read_bytes() if perm else None
     result.provenance = extraction_provenance(str(checkpoint), payload, translate,
-                                              prepared_split(data.dataset, data.manifest, str(data.root), split))
+                                              prepared_split(data.dataset, data.manifest, str(data.root), split),
+                                              generator_test_norm(generator))
     return result
 
 
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                   on_progress: Progress | None = None) -> FeatureSet:
+                   on_progress: Progress | None = None, generator_norm: str | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
-    (``auto``: from the camera in the path)."""
+    (``auto``: from the camera in the path); ``generator_norm`` as in :func:`extract_split`."""
     if modality not in ("auto", "rgb", "ir"):
         raise UsageError(f"--modality must be auto, rgb or ir, got {modality!r}")
     image_dir = Path(image_dir)
@@ -123,7 +131,7 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     else:
         is_rgb = np.full(len(files), modality == "rgb")
     checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate)
+    extractor, generator, payload = load_feature_networks(checkpoint, translate, generator_norm)
     model_size = tuple(int(v) for v in payload["image_size"])
     images = np.empty((len(files), *model_size, 3), dtype=np.uint8)
     for row, path in enumerate(files):
@@ -139,5 +147,6 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     dataset = datasets.pop() if len(datasets) == 1 and None not in datasets else "sysu"
     result = validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
                              np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)
-    result.provenance = extraction_provenance(str(checkpoint), payload, translate, f"the images under {image_dir}")
+    result.provenance = extraction_provenance(str(checkpoint), payload, translate, f"the images under {image_dir}",
+                                              generator_test_norm(generator))
     return result

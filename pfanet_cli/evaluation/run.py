@@ -200,10 +200,11 @@ def directions(dataset: str, direction: str | None, all_settings: bool = False) 
 
 
 def source_card(source: EvaluationSource) -> dict:
-    """The source half of the protocol card: split, flip, feature, checkpoint and the features file."""
+    """The source half of the protocol card: split, flip, feature, checkpoint, translation and the features
+    file."""
     fs = source.features
     provenance = fs.provenance or {}
-    card = {key: provenance[key] for key in ("flip", "feature", "checkpoint") if key in provenance}
+    card = {key: provenance[key] for key in ("flip", "feature", "checkpoint", "translation") if key in provenance}
     card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
     if fs.source is not None:
         card["features_file"] = str(fs.source)
