@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from pfanet_cli.data.augment import (
+    CropPlan,
     crop_and_flip,
     crop_rows_to_unit_range,
+    defer_crop,
     draw_crop_plan,
     gather_rows,
     to_unit_range,
@@ -40,6 +42,9 @@ class Batch:
     rgb: torch.Tensor
     ir: torch.Tensor
     labels: torch.Tensor
+    rgb_plan: CropPlan | None = None
+    """With a source that defers the RGB images' augmentation: ``rgb`` as prepared (not shifted, not flipped) and
+    the pad + crop + flip drawn for them, to apply to their translations (:func:`crop_and_flip_unit_range`)."""
 
 
 @dataclass
@@ -86,10 +91,10 @@ class _BatchMaker:
     images on the device. Owns the sampler and generator while a prefetch thread runs."""
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, generator: torch.Generator,
-                 device: torch.device, flip: bool, pad: int, channels_last: bool) -> None:
+                 device: torch.device, flip: bool, pad: int, channels_last: bool, defer_rgb: bool = False) -> None:
         self.split, self.sampler, self.generator = split, sampler, generator
         self.device, self.flip, self.pad = device, flip, pad
-        self.channels_last = channels_last
+        self.channels_last, self.defer_rgb = channels_last, defer_rgb
         self.side_stream = _CudaSideStream(device) if device.type == "cuda" else None
 
     def position(self) -> dict[str, Any]:
@@ -103,25 +108,29 @@ class _BatchMaker:
         rgb_rows, ir_rows = self.sampler.next_batch()
         rows = np.concatenate([rgb_rows, ir_rows])
         plan = draw_crop_plan(len(rows), self.generator, self.flip, self.pad)
+        rgb_plan = None
+        if self.defer_rgb:
+            plan, rgb_plan = defer_crop(plan, len(rgb_rows), self.pad)
         position = self.position()
         labels = torch.from_numpy(self.split.labels[rgb_rows])
         if self.side_stream is None:
             images = torch.from_numpy(crop_rows_to_unit_range(self.split.images, rows, plan, self.pad))
-            return _Prepared(self._batch(images, labels, len(rgb_rows)), position)
+            return _Prepared(self._batch(images, labels, len(rgb_rows), rgb_plan), position)
         host = gather_rows(self.split.images, rows, pin_memory=self.device.type == "cuda")
         with self.side_stream.work():
             images = host.to(self.device, non_blocking=True)
             images = to_unit_range(crop_and_flip(images, plan.to(self.device), self.pad))
-            batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows))
+            batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows), rgb_plan)
             return _Prepared(batch, position, self.side_stream.record())
 
-    def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int) -> Batch:
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int,
+               rgb_plan: CropPlan | None = None) -> Batch:
         """B×H×W×3 -> B×3×H×W, which is already channels-last in memory; made contiguous otherwise."""
         images = images.permute(0, 3, 1, 2)
         if not self.channels_last:
             images = images.contiguous()
         rgb, ir = images.split(rgb_count)
-        return Batch(rgb, ir, labels)
+        return Batch(rgb, ir, labels, rgb_plan)
 
     def hand_over(self, prepared: _Prepared) -> None:
         if self.side_stream is not None:
@@ -186,15 +195,18 @@ class _Prefetcher:
 
 class BatchSource:
     """Identity-aligned batches from a prepared split, augmented and on ``device``: float [-1, 1],
-    channels-last when asked. ``prefetch`` batches are prepared ahead on a background thread (0: each
-    batch is made in :meth:`next`); :meth:`close` stops that thread (the trainer closes its sources).
+    channels-last when asked (``defer_rgb``: the RGB images come unaugmented, with their draws in
+    ``Batch.rgb_plan``, the same draws as otherwise). ``prefetch`` batches are prepared ahead on a
+    background thread (0: each batch is made in :meth:`next`); :meth:`close` stops that thread (the
+    trainer closes its sources).
     ``wait_seconds`` is the time :meth:`next` has spent waiting for batches."""
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, device: torch.device,
-                 flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0) -> None:
+                 flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0,
+                 defer_rgb: bool = False) -> None:
         self.sampler, self.device = sampler, device
         self.generator = torch.Generator().manual_seed(seed)
-        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last)
+        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last, defer_rgb)
         self._prefetcher = _Prefetcher(self._maker.make, max(prefetch, 1), name="pfanet-batches")
         weakref.finalize(self, self._prefetcher.stop)  # the thread holds no reference to the source
         self.prefetch = prefetch
