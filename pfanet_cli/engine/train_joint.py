@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pfanet_cli.config import LossWeights
 from pfanet_cli.data.augment import crop_and_flip_unit_range
@@ -65,6 +65,8 @@ GENERATOR_WARMUP = "generator_warmup"
 """Name of the optional phase between the F warm-up and the joint phase (``joint.generator_warmup_iterations``)."""
 MAIN_OPTIMIZERS = ("extractor", "generators", "discriminators")
 """The optimizers whose learning rates decay in the joint phase (not the warm-up discriminators')."""
+Judge = Callable[[Tensor, Tensor, ExtractorOutput, ExtractorOutput], tuple[Tensor, Tensor]]
+"""(x'_ir, x'_rgb, F(x'_ir), F(x_ir)) -> the discriminators' predictions on x'_ir and x'_rgb in a G step."""
 
 
 def generator_objective(weights: LossWeights, pixel: Tensor, ce: Tensor, triplet: Tensor) -> Tensor:
@@ -126,7 +128,7 @@ class JointTrainer(StageTrainer):
             pools=pools,
         )
 
-    def _optimizers(self, nets: dict[str, torch.nn.Module]) -> dict[str, torch.optim.Optimizer]:
+    def _optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         """F's SGD (backbone and head groups), G's Adam, the discriminators' Adam, and the warm-up
         discriminators' Adam when there is a generator warm-up."""
         recipe, joint = self.recipe, self.recipe.joint
@@ -146,7 +148,7 @@ class JointTrainer(StageTrainer):
                 itertools.chain(nets[DISC_RGB_WARMUP].parameters(), nets[DISC_IR_WARMUP].parameters()), **adam)
         return optimizers
 
-    def _start_generators(self, nets: dict[str, torch.nn.Module]) -> None:
+    def _start_generators(self, nets: dict[str, nn.Module]) -> None:
         """Load G_I and G_R as SPEC §4 says, from a checkpoint that fits this run (:mod:`.init_gan`)."""
         self.generator_source, payload = resolve_generators(self.recipe, self.data, self.init_gan, self.init_gan_any,
                                                             announce=self.distributed.is_main)
@@ -295,46 +297,53 @@ class JointTrainer(StageTrainer):
         losses = {"g_adv": adv.detach(), "g_cycle": cycle.detach(), "g_ce": ce.detach(), "g_tri": triplet.detach()}
         return generator_objective(weights, pixel, ce, triplet), losses
 
-    def generator_step(self, batch: Batch, fake_ir: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
-        """G step on the G/D batch (``fake_ir`` = G_I(batch.rgb), with its graph): lambda1 x L_G (D_I on
-        (x'_ir, f(x'_ir)), or on (x'_ir, f(x_ir) detached) with ``joint.gen_adv_feature: real_detached``; D_R;
-        omega x cycle) and F's 0.1-weighted CE and triplet. Returns the losses, the fake RGB, and D_I's real and
-        fake feature maps (detached, from the same F in the same mode)."""
-        nets = self.nets
-        extractor, d_ir, d_rgb = nets[EXTRACTOR], nets[DISC_IR], nets[DISC_RGB]
-        with no_sync(extractor, d_ir, d_rgb):
+    def update_generators(self, batch: Batch, fake_ir: Tensor, discriminators: tuple[nn.Module, nn.Module],
+                          judge: Judge) -> tuple[dict[str, Tensor], Tensor, ExtractorOutput, ExtractorOutput]:
+        """One step of G's optimizer on the G/D batch (``fake_ir`` = G_I(batch.rgb), with its graph): F (train mode,
+        in the graph, not stepped) on the real IR and on ``fake_ir``, then :meth:`_generator_loss` with the
+        predictions ``judge`` gets from ``discriminators`` for (x'_ir, x'_rgb). Returns the losses, the fake RGB
+        and F's outputs on fake and real IR."""
+        extractor = self.nets[EXTRACTOR]
+        with no_sync(extractor, *discriminators):
             with torch.no_grad(), self.autocast():
                 real_out = extractor(batch.ir)
             with self.autocast():
-                fake_rgb = nets[GENERATOR_IR2RGB](batch.ir)
+                fake_rgb = self.nets[GENERATOR_IR2RGB](batch.ir)
                 fake_out = extractor(fake_ir)
-                condition = fake_out if self.recipe.joint.gen_adv_feature == "fake" else real_out
                 loss, losses = self._generator_loss(batch, (fake_ir, fake_rgb), (fake_out, real_out),
-                                                    (d_ir(fake_ir, condition.feature_map), d_rgb(fake_rgb)))
+                                                    judge(fake_ir, fake_rgb, fake_out, real_out))
             optimise(loss, self.opts["generators"], self.scalers["generators"])
         self.last_images = [batch.rgb.detach(), fake_ir.detach(), batch.ir.detach()]
+        return losses, fake_rgb, fake_out, real_out
+
+    def generator_step(self, batch: Batch, fake_ir: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """G step of the joint phase: lambda1 x L_G (D_I on (x'_ir, f(x'_ir)), or on (x'_ir, f(x_ir) detached) with
+        ``joint.gen_adv_feature: real_detached``; D_R; omega x cycle) and F's 0.1-weighted CE and triplet. Returns
+        the losses, the fake RGB, and D_I's real and fake feature maps (detached, from the same F in the same
+        mode)."""
+        d_ir, d_rgb = self.nets[DISC_IR], self.nets[DISC_RGB]
+        real_condition = self.recipe.joint.gen_adv_feature == "real_detached"
+
+        def judge(fake_ir: Tensor, fake_rgb: Tensor, fake_out: ExtractorOutput,
+                  real_out: ExtractorOutput) -> tuple[Tensor, Tensor]:
+            return d_ir(fake_ir, (real_out if real_condition else fake_out).feature_map), d_rgb(fake_rgb)
+
+        losses, fake_rgb, fake_out, real_out = self.update_generators(batch, fake_ir, (d_ir, d_rgb), judge)
         return losses, fake_rgb.detach(), real_out.feature_map, fake_out.feature_map.detach()
 
     def generator_warmup_step(self, batch: Batch) -> dict[str, Tensor]:
         """AlignGAN's pixel warm-up on the G/D batch: G against the plain warm-up PatchGANs, with F's CE and
-        triplet on x'_ir (F in train mode, in the graph, not stepped); then those PatchGANs' step."""
-        nets = self.nets
-        extractor, d_ir, d_rgb = nets[EXTRACTOR], nets[DISC_IR_WARMUP], nets[DISC_RGB_WARMUP]
-        with no_sync(extractor, d_ir, d_rgb):
-            with torch.no_grad(), self.autocast():
-                real_out = extractor(batch.ir)
-            with self.autocast():
-                fake_ir, fake_rgb = nets[GENERATOR_RGB2IR](batch.rgb), nets[GENERATOR_IR2RGB](batch.ir)
-                fake_out = extractor(fake_ir)
-                loss, losses = self._generator_loss(batch, (fake_ir, fake_rgb), (fake_out, real_out),
-                                                    (d_ir(fake_ir), d_rgb(fake_rgb)))
-            optimise(loss, self.opts["generators"], self.scalers["generators"])
+        triplet on x'_ir; then those PatchGANs' step."""
+        d_ir, d_rgb = self.nets[DISC_IR_WARMUP], self.nets[DISC_RGB_WARMUP]
+        with self.autocast():
+            fake_ir = self.nets[GENERATOR_RGB2IR](batch.rgb)
+        losses, fake_rgb, _, _ = self.update_generators(batch, fake_ir, (d_ir, d_rgb),
+                                                        lambda fake_ir, fake_rgb, *_: (d_ir(fake_ir), d_rgb(fake_rgb)))
         pooled_ir = self.pools["warmup_ir"].query(fake_ir.detach())
         pooled_rgb = self.pools["warmup_rgb"].query(fake_rgb.detach())
         with self.autocast():
             loss_d_ir, loss_d_rgb = plain_discriminator_losses(d_ir, d_rgb, batch, pooled_ir, pooled_rgb)
         optimise(loss_d_ir + loss_d_rgb, self.opts["warmup_discriminators"], self.scalers["warmup_discriminators"])
-        self.last_images = [batch.rgb.detach(), fake_ir.detach(), batch.ir.detach()]
         return {**losses, "d_ir": loss_d_ir.detach(), "d_rgb": loss_d_rgb.detach()}
 
     def discriminator_step(self, batch: Batch, fake_ir: Tensor, fake_rgb: Tensor, real_map: Tensor,
