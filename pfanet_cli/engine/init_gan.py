@@ -144,8 +144,8 @@ def resolve_generators(recipe: Recipe, data: PreparedData, init_gan: Path | str 
     checkpoint of other prepared data or another image size is refused (exit 2) unless ``accept_any``."""
     if init_gan is not None and str(init_gan) == INIT_GAN_NONE:
         if announce:
-            error_console.print(f"warning: --init-gan none: G_I and G_R start from random weights{_random_use(recipe)}; "
-                                "this is recorded in run.yaml", soft_wrap=True)
+            error_console.print(f"warning: --init-gan none: G_I and G_R start from random weights"
+                                f"{_random_use(recipe)}; this is recorded in run.yaml", soft_wrap=True)
         return GeneratorSource(INIT_GAN_NONE), None
     if init_gan is None:
         path = newest_fitting_gan(recipe, data)
