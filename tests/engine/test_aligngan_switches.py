@@ -187,6 +187,23 @@ def test_the_f_step_can_translate_before_the_pad_and_crop(prepared, tmp_path):
     assert (expected == -1).any()  # the pad, black in [-1, 1], is added after the translation
 
 
+def test_before_pad_keeps_the_ir_augmentation_and_refuses_the_rgb_ones_it_would_reorder(prepared, tmp_path, capsys):
+    """With the batch augmentations of issue 21, ``before_pad`` defers only the RGB images' pad + crop + flip:
+    the IR images get their channel operation as in the padded batch, and an RGB augmentation (greyscale,
+    erasing, channel exchange) with it is a usage error rather than a silent choice of order."""
+    overrides = ("data.pad=8", "data.ir_adaptive_gray=true")
+    deferred = first_batch(prepared, tmp_path / "b", *overrides, "joint.f_step_translate=before_pad")
+    padded = first_batch(prepared, tmp_path / "a", *overrides)
+    plain = first_batch(prepared, tmp_path / "c", "data.pad=8")
+    assert torch.equal(deferred.ir, padded.ir) and not torch.equal(padded.ir, plain.ir)
+    assert torch.equal(crop_and_flip_unit_range(deferred.rgb, deferred.rgb_plan, 8), padded.rgb)
+    capsys.readouterr()  # the trainers' --init-gan none warnings
+    for key in ("grayscale", "erasing", "channel_exchange"):
+        assert main(["train-joint", str(TINY), f"data.root={prepared}", f"data.{key}=0.5",
+                     "joint.f_step_translate=before_pad", "--dry-run"]) == 2
+        assert f"defers only the RGB images' pad, crop and flip until after G_I, not data.{key}" in error_line(capsys)
+
+
 def test_the_validation_translates_with_the_recipes_generator_test_norm(prepared, tmp_path):
     """``model.generator_test_norm`` is built into train-joint's G_I, which the validation runs in eval mode (as
     ``extract`` does from the checkpoint): with ``instance`` its fakes are the train-mode ones."""
