@@ -480,14 +480,6 @@ def build_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     if recipe.data.rgb_views == 2 and recipe.model.method != "agw":
         raise UsageError(f"recipe {source}: data.rgb_views=2 (CAJ's two RGB views) needs model.method=agw; PFANet's "
                          "F step pairs each RGB image with one IR image")
-    joint, data = recipe.joint, recipe.data
-    if joint.generator_warmup_iterations and recipe.model.pixel_alignment == "grey":
-        raise UsageError(f"recipe {source}: joint.generator_warmup_iterations={joint.generator_warmup_iterations} "
-                         "trains G, and model.pixel_alignment=grey has none (a fixed luma conversion); set it to 0")
-    rgb_augmentations = [f"data.{key}" for key in ("grayscale", "erasing", "channel_exchange") if getattr(data, key)]
-    if joint.f_step_translate == "before_pad" and rgb_augmentations and recipe.model.method == "pfanet":
-        raise UsageError(f"recipe {source}: joint.f_step_translate=before_pad defers only the RGB images' pad, crop "
-                         f"and flip until after G_I, not {', '.join(rgb_augmentations)}; use after_pad with them")
     return recipe
 
 
