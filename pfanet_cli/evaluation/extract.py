@@ -1,11 +1,11 @@
 """``extract``: the test feature of every image of a prepared split or an image folder.
 
 PFANet (a train-joint checkpoint): F's GAP vector of the image plus that of its horizontal flip,
-L2-normalised (SPEC §3); RGB images are first translated to fake IR by G_I (eval mode) unless ``translate``
-is off; IR images go in as they are. AGW (a train-agw checkpoint): RGB images go through the visible stem
-and IR images through the thermal stem, and the feature is AGW's fc or pool vector, L2-normalised, flipped
-or not (``agw.test_feature``, ``agw.test_flip``). Images are read in batches from the memory-mapped
-prepared array.
+L2-normalised (SPEC §3); RGB images are first translated to fake IR by G_I (eval mode, its InstanceNorm as
+``model.generator_test_norm`` says) unless ``translate`` is off; IR images go in as they are. AGW (a
+train-agw checkpoint): RGB images go through the visible stem and IR images through the thermal stem, and the
+feature is AGW's fc or pool vector, L2-normalised, flipped or not (``agw.test_feature``, ``agw.test_flip``).
+Images are read in batches from the memory-mapped prepared array.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pfanet_cli.errors import DataError, UsageError
 from pfanet_cli.evaluation.card import extraction_provenance, prepared_split
 from pfanet_cli.evaluation.features import FeatureSet, validate_arrays
 from pfanet_cli.modeling.build import AGW, EXTRACTOR, GENERATOR_RGB2IR
+from pfanet_cli.modeling.gan import generator_test_norm, set_generator_test_norm
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import BadImage, list_images, load_rgb
 
@@ -34,12 +35,17 @@ Progress = Callable[[int, int], None]
 
 
 def load_feature_networks(checkpoint: Path, translate: bool,
-                          feature: str | None = None) -> tuple[nn.Module, nn.Module | None, dict]:
+                          feature: str | None = None,
+                          generator_norm: str | None = None) -> tuple[nn.Module, nn.Module | None, dict]:
     """The feature network of a checkpoint in eval mode, with G_I when RGB images are to be translated (PFANet's
     F), or AGW's network set to its recipe's test feature (``feature``, ``fc`` or ``pool``, overrides it); and
-    the checkpoint's payload."""
+    the checkpoint's payload. G_I's InstanceNorm uses what the checkpoint's ``model.generator_test_norm`` says,
+    or ``generator_norm`` when given."""
     payload = load_checkpoint(checkpoint)
     if payload.get("stage") == "train-agw":
+        if generator_norm is not None:
+            raise UsageError(f"--generator-norm {generator_norm}: {checkpoint} is AGW's (train-agw), which has no "
+                             "generator; RGB images go through its visible stem")
         net = rebuild_networks(payload, Path(checkpoint), [AGW], "extract")[AGW]
         options = (payload.get("recipe") or {}).get("agw") or {}
         net.configure_test(feature or options.get("test_feature", "fc"), bool(options.get("test_flip", False)))
@@ -49,7 +55,10 @@ def load_feature_networks(checkpoint: Path, translate: bool,
                          "is F's pooled vector v (pool); fc is AGW's BN-neck")
     keys = [EXTRACTOR, GENERATOR_RGB2IR] if translate else [EXTRACTOR]
     networks = rebuild_networks(payload, Path(checkpoint), keys, "extract")
-    return networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), payload
+    generator = networks.get(GENERATOR_RGB2IR)
+    if generator is not None and generator_norm is not None:
+        set_generator_test_norm(generator, generator_norm)
+    return networks[EXTRACTOR], generator, payload
 
 
 @torch.inference_mode()
@@ -87,20 +96,25 @@ def _resolve_checkpoint(checkpoint: Path | None, runs_root: Path, purpose: str) 
     return Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, FEATURE_STAGES, purpose)
 
 
-def _provenance(checkpoint: Path, payload: dict, extractor: nn.Module, translate: bool, split: str) -> dict:
-    """The card's source half for features of ``extractor`` (AGW's: with the test vector and flip it used)."""
+def _provenance(checkpoint: Path, payload: dict, extractor: nn.Module, generator: nn.Module | None,
+                translate: bool, split: str) -> dict:
+    """The card's source half for features of ``extractor`` (AGW's: with the test vector and flip it used) and
+    ``generator`` (G_I's test-time InstanceNorm)."""
     agw = (extractor.test_vector, extractor.test_flip) if payload.get("stage") == "train-agw" else None
-    return extraction_provenance(str(checkpoint), payload, translate and agw is None, split, agw_test=agw)
+    return extraction_provenance(str(checkpoint), payload, translate and agw is None, split, agw_test=agw,
+                                 generator_norm=generator_test_norm(generator))
 
 
 def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, split: str = "test",
                   translate: bool = True, batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                  on_progress: Progress | None = None, feature: str | None = None) -> FeatureSet:
+                  on_progress: Progress | None = None, feature: str | None = None,
+                  generator_norm: str | None = None) -> FeatureSet:
     """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
     the prepared data's official permutation file when it has one. ``data``: an opened prepared folder
-    or its path. ``feature``: AGW's test vector instead of its recipe's (``fc`` or ``pool``)."""
+    or its path. ``feature``: AGW's test vector instead of its recipe's (``fc`` or ``pool``);
+    ``generator_norm`` overrides the checkpoint's ``model.generator_test_norm``."""
     checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate, feature)
+    extractor, generator, payload = load_feature_networks(checkpoint, translate, feature, generator_norm)
     if not isinstance(data, PreparedData):
         data = open_prepared(data)
     rows = data.split(split)
@@ -116,17 +130,18 @@ def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, spli
     result = validate_arrays(features, rows.pids, rows.camids, rows.paths, dataset=data.dataset)
     perm = data.perm_file()
     result.perm_mat_bytes = perm.read_bytes() if perm else None
-    result.provenance = _provenance(checkpoint, payload, extractor, translate,
+    result.provenance = _provenance(checkpoint, payload, extractor, generator, translate,
                                     prepared_split(data.dataset, data.manifest, str(data.root), split))
     return result
 
 
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                   on_progress: Progress | None = None, feature: str | None = None) -> FeatureSet:
+                   on_progress: Progress | None = None, feature: str | None = None,
+                   generator_norm: str | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
-    (``auto``: from the camera in the path)."""
+    (``auto``: from the camera in the path); ``generator_norm`` as in :func:`extract_split`."""
     if modality not in ("auto", "rgb", "ir"):
         raise UsageError(f"--modality must be auto, rgb or ir, got {modality!r}")
     image_dir = Path(image_dir)
@@ -145,7 +160,7 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     else:
         is_rgb = np.full(len(files), modality == "rgb")
     checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate, feature)
+    extractor, generator, payload = load_feature_networks(checkpoint, translate, feature, generator_norm)
     model_size = tuple(int(v) for v in payload["image_size"])
     images = np.empty((len(files), *model_size, 3), dtype=np.uint8)
     for row, path in enumerate(files):
@@ -161,5 +176,6 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     dataset = datasets.pop() if len(datasets) == 1 and None not in datasets else "sysu"
     result = validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
                              np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)
-    result.provenance = _provenance(checkpoint, payload, extractor, translate, f"the images under {image_dir}")
+    result.provenance = _provenance(checkpoint, payload, extractor, generator, translate,
+                                    f"the images under {image_dir}")
     return result
