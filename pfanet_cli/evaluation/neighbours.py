@@ -125,8 +125,8 @@ def _split(start: int, stop: int, block: int) -> list[tuple[int, int]]:
 def build_index(queries: np.ndarray, pool: np.ndarray, depth: int, *, memory_budget: int,
                 device: str | None = None, far: int | None = None) -> NeighbourIndex:
     """The lists of ``queries`` (rows, the first nodes) and ``pool`` (the gallery rows every trial draws
-    from): ``depth`` nearest and ``far`` (default :data:`FAR`) farthest per node, by tiles of at most
-    ``memory_budget`` bytes of similarities (see the module)."""
+    from): ``depth`` nearest and ``far`` (default :data:`FAR`) farthest per node, by tiles of similarities
+    of about ``memory_budget`` bytes with their masks (blocks of at least 2 x depth rows; see the module)."""
     feats = cosine_normalise(np.concatenate([np.asarray(queries), np.asarray(pool)]))
     num_queries, n = len(queries), len(feats)
     ops = array_ops(device)
