@@ -49,7 +49,7 @@ from pfanet_cli.evaluation.galleries import (
 )
 from pfanet_cli.evaluation.ranking import DEFAULT_MEMORY_BUDGET, RankingEngine, TrialOutcome, cosine_normalise
 from pfanet_cli.evaluation.rerank import RerankConfig
-from pfanet_cli.evaluation.scoring import junk_groups, llcm_cameras, reranked_outcome
+from pfanet_cli.evaluation.scoring import junk_groups, llcm_cameras, reranked_outcomes
 from pfanet_cli.utils.atomic import write_text
 
 METRIC_KEYS = ("r1", "r5", "r10", "r20", "mAP", "mINP")
@@ -206,7 +206,7 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
                            max_rank: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                            rerank: RerankConfig | None = None) -> list[EvalResult]:
     """Several SYSU-MM01 settings ((mode, shot) pairs) sharing one ranking of the candidates (re-ranking,
-    when asked for, is done per trial: it depends on the trial's gallery)."""
+    when asked for, re-ranks each trial, from one neighbour search shared by every trial of every setting)."""
     feats, pids, camids, paths = check_arrays(features, pids, camids, paths)
     if paths is None:
         raise DataError("the SYSU-MM01 protocol needs the image paths to sample the gallery")
@@ -229,8 +229,9 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
     if rerank is None:
         parts = _sysu_outcomes(feats, pids, camids, queries, [gals for *_, gals in plans], memory_budget)
     else:
-        parts = [[reranked_outcome(feats, pids, camids, queries, g, rerank, dedup=True, junk="sysu",
-                                   memory_budget=memory_budget) for g in gals] for *_, gals in plans]
+        every = iter(reranked_outcomes(feats, pids, camids, [(queries, g) for *_, gals in plans for g in gals],
+                                       rerank, dedup=True, junk="sysu", memory_budget=memory_budget))
+        parts = [[next(every) for _ in gals] for *_, gals in plans]
     described = rerank.describe() if rerank else None
     return [
         result_of_trials("sysu", mode, shot, used, setting, len(queries), [len(g) for g in gals], max_rank,
@@ -304,8 +305,8 @@ def evaluate_regdb(features, pids, camids, *, direction: str = "v2t", max_rank: 
                                pids[gallery], memory_budget=memory_budget)
         outcomes = engine.evaluate([([np.arange(len(gallery))], False)])[0]
     else:
-        outcomes = [reranked_outcome(feats, pids, camids, queries, gallery, rerank, dedup=False, junk=None,
-                                     memory_budget=memory_budget)]
+        outcomes = reranked_outcomes(feats, pids, camids, [(queries, gallery)], rerank, dedup=False, junk=None,
+                                     memory_budget=memory_budget)
     card = protocol_card("regdb", sampler="none", trials=1, direction=direction,
                          rerank=rerank.describe() if rerank else None)
     return result_of_trials("regdb", direction, "all", "none", outcomes, len(queries), [len(gallery)], max_rank,
@@ -331,8 +332,8 @@ def evaluate_llcm(features, pids, camids, paths, *, direction: str = "ir2vis", t
                             f"(camids {'11, 12, 14..19' if what == 'NIR' else '1..9'})")
     trial_sets = [(fixed, g) for g in drawn] if direction == "ir2vis" else [(q, fixed) for q in drawn]
     if rerank is not None:
-        outcomes = [reranked_outcome(feats, pids, camids, q, g, rerank, dedup=True, junk="llcm",
-                                     memory_budget=memory_budget) for q, g in trial_sets]
+        outcomes = reranked_outcomes(feats, pids, camids, trial_sets, rerank, dedup=True, junk="llcm",
+                                     memory_budget=memory_budget)
     elif direction == "ir2vis":
         candidates = np.unique(np.concatenate(drawn))
         engine = RankingEngine(cosine_normalise(feats[fixed]), pids[fixed], cosine_normalise(feats[candidates]),
@@ -356,7 +357,7 @@ def _llcm_drawn_queries(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray,
                            pids[gallery], memory_budget=memory_budget, **llcm_cameras(camids, queries, gallery))
     every = engine.evaluate([([np.arange(len(gallery))], True)])[0][0]
     picks = [np.searchsorted(queries, rows) for rows in drawn]
-    return [TrialOutcome(every.valid[p], every.cmc_rank[p], every.ap[p], every.inp[p]) for p in picks]
+    return [every.select(p) for p in picks]
 
 
 

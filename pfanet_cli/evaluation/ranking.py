@@ -69,6 +69,15 @@ class TrialOutcome:
     def empty(cls, *shape: int) -> "TrialOutcome":
         return cls(np.zeros(shape, bool), np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape))
 
+    def select(self, rows: np.ndarray) -> "TrialOutcome":
+        """The outcomes of some queries (an index or mask along the query axis)."""
+        return type(self)(self.valid[..., rows], self.cmc_rank[..., rows], self.ap[..., rows], self.inp[..., rows])
+
+    def place(self, rows: np.ndarray, part: "TrialOutcome") -> None:
+        """Write ``part``'s outcomes at queries ``rows``."""
+        for name in ("valid", "cmc_rank", "ap", "inp"):
+            getattr(self, name)[..., rows] = getattr(part, name)
+
     def trials(self) -> list["TrialOutcome"]:
         """One outcome per trial (views) of a setting's outcome."""
         return [type(self)(self.valid[t], self.cmc_rank[t], self.ap[t], self.inp[t]) for t in range(len(self.valid))]

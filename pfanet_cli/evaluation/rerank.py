@@ -13,38 +13,53 @@ authors' code and the AGW / reid-strong-baseline copies most VI-ReID repositorie
 4. Jaccard distance of query i and gallery j: 1 - m / (2 - m), m = sum over k of min(V(i, k), V(j, k));
    final distance = (1 - lambda) * Jaccard + lambda * d(i, j).
 
-How it stays vectorised and bounded: the N x N distances are computed in blocks of rows that keep only
-each row's nearest neighbours (``argpartition``) and its maximum; the reciprocal tests are array comparisons
-over those short neighbour lists; V is a sparse matrix and the expansion one sparse product; the min-sums of
-step 4 are a join of the queries' non-zeros with the gallery's columns, accumulated with ``bincount`` for
-blocks of queries of bounded size. Nothing N x N is ever held. Computed in float64 (the authors' code uses
-float32, so its distances differ by about 1e-7).
+How it stays fast and bounded: trials drawn from one pool (SYSU-MM01's ten galleries of a setting, the four
+settings' galleries, LLCM's drawn images) share one neighbour search (:class:`KReciprocal`,
+``neighbours.py``): every node's nearest and farthest nodes of the pool, found once with each pair's product
+computed once, and the query x pool similarities; a trial reads its neighbours and normalisations off those
+lists. The reciprocal tests are array operations over the short neighbour lists; V is a sparse matrix and
+the expansion one sparse product; the min-sums of step 4 are a join of the queries' non-zeros with the
+gallery's columns, accumulated with ``bincount`` for blocks of queries of bounded size, and only the pairs
+that share a non-zero (a few percent) are blended one by one. Nothing N x N is ever held. Computed in float64,
+exactly the numbers of one trial on its own (the authors' code uses float32: where its rounding leaves the
+neighbour sets unchanged its distances differ by about 1e-7, elsewhere by more, see ``benchmarks/rerank.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse
 
 from pfanet_cli.errors import UsageError
-from pfanet_cli.evaluation.ranking import DEFAULT_MEMORY_BUDGET, cosine_normalise
+from pfanet_cli.evaluation.neighbours import Trial, build_index
+from pfanet_cli.evaluation.ranking import DEFAULT_MEMORY_BUDGET
 
 RERANK_METHODS = ("off", "kreciprocal")
 DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA = 20, 6, 0.3
 """The standard parameters of Zhong et al. 2017."""
 PAIR_BYTES = 128
 """Working bytes per (query non-zero, gallery non-zero) pair of the Jaccard join (its temporaries)."""
+MIN_DEPTH, DEPTH_FACTOR = 64, 3
+"""Each node's nearest-neighbour list over the pool holds max(64, 3 x (k1 + 1)) nodes: enough trial members for
+most nodes of a SYSU-MM01 multi-shot trial (44 % of the pool); the others are computed over the trial."""
 
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """k-reciprocal re-ranking and its parameters (``None`` anywhere a result is computed means off)."""
+    """k-reciprocal re-ranking and its parameters (``None`` anywhere a result is computed means off), and
+    where its neighbour search runs: ``device`` None is numpy on the CPU, else a torch device such as
+    ``cuda`` (the same numbers; not a parameter of the method, so not on the protocol card)."""
 
     k1: int = DEFAULT_K1
     k2: int = DEFAULT_K2
     lambda_value: float = DEFAULT_LAMBDA
+    device: str | None = field(default=None, compare=False)
+
+    def on(self, device: str | None) -> "RerankConfig":
+        """The same re-ranking with its neighbour search on ``device``."""
+        return replace(self, device=device)
 
     def describe(self) -> dict:
         """What the protocol card states."""
@@ -74,55 +89,48 @@ def rerank_config(method: str, k1: int | None = None, k2: int | None = None,
     return config
 
 
+def rerank_device(requested: str | None) -> str | None:
+    """Where re-ranking's neighbour search runs for ``--device`` (None: auto): the CUDA device it resolves
+    to, or None for numpy on the CPU."""
+    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only when re-ranking
+
+    device = resolve_device(requested or "auto")
+    return None if device.type == "cpu" else str(device)
+
+
+class KReciprocal:
+    """k-reciprocal re-ranking of any number of trials drawn from one pool: ``queries`` (feature rows) and
+    ``pool`` (the gallery rows every trial draws from). The neighbour lists are computed once, with numpy or
+    with torch on ``config.device`` (``neighbours.py``); each trial then costs its sparse steps only."""
+
+    def __init__(self, queries: np.ndarray, pool: np.ndarray, config: RerankConfig = RerankConfig(), *,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        self.config, self.memory_budget = config, memory_budget
+        self.num_queries, self.pool_size = len(queries), len(pool)
+        self.width = max(config.k1 + 1, config.k2)
+        self.index = build_index(queries, pool, max(MIN_DEPTH, DEPTH_FACTOR * self.width),
+                                 memory_budget=memory_budget, device=config.device)
+
+    def distances(self, query_rows: np.ndarray | None = None, gallery_rows: np.ndarray | None = None) -> np.ndarray:
+        """Re-ranked distances (float64, within [0, 1]; smaller is closer) of one trial: ``query_rows`` of the
+        queries x ``gallery_rows`` of the pool (ascending; all when None)."""
+        query_rows = np.arange(self.num_queries) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+        gallery_rows = np.arange(self.pool_size) if gallery_rows is None else np.asarray(gallery_rows, dtype=np.int64)
+        trial = Trial(self.index, query_rows, gallery_rows, self.width)
+        weights = _reciprocal_weights(trial, self.config.k1)
+        if self.config.k2 != 1:
+            weights = _query_expansion(trial.nearest[:, : self.config.k2], len(trial.nodes)) @ weights
+        out = trial.query_gallery                                       # d(query, gallery), normalised below
+        out /= np.maximum(trial.row_max[: len(query_rows), None], 1e-12)
+        _blend_jaccard(out, weights.tocsr(), self.config.lambda_value, self.memory_budget)
+        return out
+
+
 def kreciprocal_distances(queries: np.ndarray, gallery: np.ndarray, config: RerankConfig = RerankConfig(), *,
                           memory_budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
     """Re-ranked distances (queries x gallery, float64, within [0, 1]; smaller is closer) of L2-normalised
-    ``queries`` and ``gallery`` features (rows are normalised again here)."""
-    feats = cosine_normalise(np.concatenate([np.asarray(queries), np.asarray(gallery)]))
-    num_query = len(queries)
-    width = min(len(feats), max(config.k1 + 1, config.k2))
-    out = np.empty((num_query, len(feats) - num_query))                # d(query, gallery) first
-    nearest, row_max = _nearest_neighbours(feats, width, memory_budget, out)
-    weights = _reciprocal_weights(feats, nearest, row_max, config.k1, memory_budget)
-    if config.k2 != 1:
-        weights = _query_expansion(nearest[:, : config.k2], len(feats)) @ weights
-    _blend_jaccard(out, weights.tocsr(), config.lambda_value, memory_budget)
-    return out
-
-
-def _distances(rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances of unit rows: 2 - 2 cos, clipped at 0."""
-    out = rows @ feats.T
-    out *= -2.0
-    out += 2.0
-    return np.maximum(out, 0.0, out=out)
-
-
-def _nearest_neighbours(feats: np.ndarray, width: int, memory_budget: int,
-                        query_gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``width`` nearest rows (by distance, ties by index) and its largest distance; the
-    normalised distances of the query rows to the gallery rows are kept in ``query_gallery``."""
-    n, num_query = len(feats), len(query_gallery)
-    block = max(1, memory_budget // (24 * n))
-    nearest = np.empty((n, width), dtype=np.int64)
-    row_max = np.empty(n)
-    for start in range(0, n, block):
-        dist = _distances(feats[start:start + block], feats)
-        row_max[start:start + block] = dist.max(axis=1)
-        if start < num_query:
-            stop = min(num_query, start + block)
-            np.divide(dist[: stop - start, num_query:], np.maximum(row_max[start:stop, None], 1e-12),
-                      out=query_gallery[start:stop])
-        part = np.sort(np.argpartition(dist, width - 1, axis=1)[:, :width], axis=1)  # index order
-        values = np.take_along_axis(dist, part, axis=1)
-        order = np.argsort(values, axis=1, kind="stable")
-        nearest[start:start + block] = np.take_along_axis(part, order, axis=1)
-        # a tie across the cut would make the partition's choice arbitrary: those rows are sorted in full
-        cut = np.take_along_axis(values, order[:, -1:], axis=1)
-        crossing = np.flatnonzero((dist <= cut).sum(axis=1) > width)
-        if crossing.size:
-            nearest[start + crossing] = np.argsort(dist[crossing], axis=1, kind="stable")[:, :width]
-    return nearest, row_max
+    ``queries`` and ``gallery`` features (rows are normalised again here): one trial."""
+    return KReciprocal(queries, gallery, config, memory_budget=memory_budget).distances()
 
 
 def _reciprocal(nearest: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,38 +140,33 @@ def _reciprocal(nearest: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return forward, (backward == np.arange(len(nearest))[:, None, None]).any(axis=2)
 
 
-def _reciprocal_weights(feats: np.ndarray, nearest: np.ndarray, row_max: np.ndarray, k1: int,
-                        memory_budget: int) -> scipy.sparse.csr_matrix:
-    """V: the exp(-d) weights of each row's expanded k-reciprocal set, normalised per row (sparse N x N)."""
-    n = len(feats)
+def _reciprocal_weights(trial: Trial, k1: int) -> scipy.sparse.csr_matrix:
+    """V: the exp(-d) weights of each node's expanded k-reciprocal set, normalised per row (sparse N x N)."""
+    nearest = trial.nearest
+    n = len(nearest)
     forward, mutual = _reciprocal(nearest, k1)
     half_forward, half_mutual = _reciprocal(nearest, int(np.around(k1 / 2.0)))
-    rows, cols = [np.repeat(np.arange(n), mutual.sum(axis=1))], [forward[mutual]]
-    step = max(1, 2**24 // (forward.shape[1] ** 2 * half_forward.shape[1]))
+    rows, cols = [], []
+    step = max(1, min(2**24 // n, 2**24 // (forward.shape[1] * half_forward.shape[1] * 8)))
     for start in range(0, n, step):
         stop = min(n, start + step)
-        block_forward, block_mutual = forward[start:stop], mutual[start:stop]
-        candidates = half_forward[block_forward]                       # (B, k1 + 1, k1/2 + 1)
-        valid = half_mutual[block_forward]
-        in_set = ((candidates[..., None] == block_forward[:, None, None, :]) & block_mutual[:, None, None, :]).any(3)
-        accept = block_mutual & ((in_set & valid).sum(axis=2) > 2.0 / 3.0 * valid.sum(axis=2))
+        block = np.arange(stop - start)
+        in_set = np.zeros((stop - start, n), dtype=bool)               # the block's k1-reciprocal sets R(i)
+        in_set[np.repeat(block, mutual[start:stop].sum(axis=1)), forward[start:stop][mutual[start:stop]]] = True
+        candidates = half_forward[forward[start:stop]]                 # (B, k1 + 1, k1/2 + 1)
+        valid = half_mutual[forward[start:stop]]
+        shared = (in_set[block[:, None, None], candidates] & valid).sum(axis=2)
+        accept = mutual[start:stop] & (shared > 2.0 / 3.0 * valid.sum(axis=2))
         taken = accept[..., None] & valid
-        rows.append(np.nonzero(taken)[0] + start)
-        cols.append(candidates[taken])
-    keys = np.unique(np.concatenate(rows) * n + np.concatenate(cols))
-    row, col = keys // n, keys % n
-    chunk = max(1, memory_budget // (64 * feats.shape[1]))             # gathered feature rows: a quarter
-    weight = np.exp(-_pair_distances(feats, row, col, chunk) / np.maximum(row_max[row], 1e-12))
+        in_set[np.nonzero(taken)[0], candidates[taken]] = True          # R(i) expanded
+        row, col = np.divmod(np.flatnonzero(in_set), n)                 # row-major: the CSR order
+        rows.append(row + start)
+        cols.append(col)
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    weight = np.exp(-trial.pair_distances(row, col) / np.maximum(trial.row_max[row], 1e-12))
     totals = np.bincount(row, weights=weight, minlength=n)
-    return scipy.sparse.csr_matrix((weight / totals[row], (row, col)), shape=(n, n))
-
-
-def _pair_distances(feats: np.ndarray, row: np.ndarray, col: np.ndarray, chunk: int) -> np.ndarray:
-    out = np.empty(len(row))
-    for start in range(0, len(row), chunk):
-        a, b = feats[row[start:start + chunk]], feats[col[start:start + chunk]]
-        out[start:start + chunk] = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", a, b), 0.0)
-    return out
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))])
+    return scipy.sparse.csr_matrix((weight / totals[row], col, indptr), shape=(n, n))
 
 
 def _query_expansion(nearest: np.ndarray, n: int) -> scipy.sparse.csr_matrix:
@@ -176,7 +179,8 @@ def _query_expansion(nearest: np.ndarray, n: int) -> scipy.sparse.csr_matrix:
 def _blend_jaccard(out: np.ndarray, weights: scipy.sparse.csr_matrix, lambda_value: float,
                    memory_budget: int) -> None:
     """``out`` (d of every query x gallery pair) becomes (1 - lambda) Jaccard + lambda d, in blocks of queries
-    whose join of non-zeros and whose query x gallery arrays fit the memory budget."""
+    whose join of non-zeros and whose query x gallery sums fit the memory budget. Most pairs share no non-zero
+    (Jaccard distance 1): only the others are computed one by one."""
     num_query, num_gallery = out.shape
     gallery = weights[num_query:].tocsc()                              # (G, N): the rows holding column k
     column_counts = np.diff(gallery.indptr)
@@ -185,16 +189,19 @@ def _blend_jaccard(out: np.ndarray, weights: scipy.sparse.csr_matrix, lambda_val
                         weights=column_counts[weights.indices[: weights.indptr[num_query]]], minlength=num_query)
     bounds = np.concatenate([[0.0], np.cumsum(pairs)])
     pair_limit = max(1, memory_budget // PAIR_BYTES)
-    row_limit = max(1, memory_budget // (24 * max(num_gallery, 1)))   # three B x G float64 arrays
+    row_limit = max(1, memory_budget // (16 * max(num_gallery, 1)))   # the B x G sums and their positions
     start = 0
     while start < num_query:
         stop = int(np.searchsorted(bounds, bounds[start] + pair_limit, side="right")) - 1
         stop = min(num_query, start + row_limit, max(stop, start + 1))
-        overlap = _min_sums(weights[start:stop], gallery, column_counts)
-        jaccard = 1.0 - overlap / (2.0 - overlap)
-        block = out[start:stop]
+        overlap = _min_sums(weights[start:stop], gallery, column_counts).ravel()
+        shared = np.flatnonzero(overlap)
+        block = out[start:stop].reshape(-1)
+        near = block[shared] * lambda_value
         block *= lambda_value
-        block += (1.0 - lambda_value) * jaccard
+        block += 1.0 - lambda_value
+        overlap = overlap[shared]
+        block[shared] = near + (1.0 - lambda_value) * (1.0 - overlap / (2.0 - overlap))
         start = stop
 
 

@@ -34,7 +34,6 @@ from pfanet_cli.evaluation.rerank import RerankConfig
 from pfanet_cli.evaluation.same_modality import evaluate_same_modality
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import ImageLoader, raw_image_loader
-from pfanet_cli.utils.plots import save_cmc_plot, save_ranked_lists
 
 DEFAULT_DATA_ROOT = Path("data/prepared")
 """Prepared folders live at ``<root>/<dataset>`` unless ``--data`` says otherwise."""
@@ -256,6 +255,8 @@ def save_ranked_list_picture(path: Path, features: FeatureSet, result: EvalResul
                              cell_size: tuple[int, int] = (128, 64), title: str | None = None) -> int:
     """A few queries of trial 0 of ``result``'s setting and their top-10 gallery images; returns the number
     of query lines drawn (0: nothing written, the images could not be found)."""
+    from pfanet_cli.utils.plots import save_ranked_lists  # heavy: matplotlib, only when a picture is asked for
+
     examples = ranked_examples(features.features, features.pids, features.camids, features.paths, result,
                                perm=perm, num_queries=num_queries)
     rows = ranked_list_rows(examples, features.paths, features.pids)
@@ -321,6 +322,8 @@ def write_outputs(source: EvaluationSource | None, results: list[EvalResult], pe
         if cmc_plot is None:
             cmc_plot = json_out.with_name(json_out.stem + "_cmc.png")
     if cmc_plot is not None and all(r.cmc.size for r in results):
+        from pfanet_cli.utils.plots import save_cmc_plot  # heavy: matplotlib, only when a plot is asked for
+
         save_cmc_plot(cmc_plot, {r.setting: r.cmc for r in results}, title=f"CMC ({results[0].dataset})")
         console.print(f"CMC curve written to {cmc_plot}")
     elif cmc_plot is not None:

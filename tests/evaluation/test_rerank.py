@@ -1,5 +1,7 @@
 """k-reciprocal re-ranking: the vectorised version against a straightforward one written here from the
-method's description (Zhong et al. 2017), one row at a time with dense matrices, and its parameter checks."""
+method's description (Zhong et al. 2017), one row at a time with dense matrices, and its parameter checks;
+trials sharing one neighbour search against each trial on its own; torch against numpy; near-ties that
+float32 could not order."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import pytest
 from pfanet_cli.data.llcm import TEST_NIR_CAMERAS, VIS_CAMERAS
 from pfanet_cli.errors import UsageError
 from pfanet_cli.evaluation.galleries import sample_gallery_agw, sample_llcm
-from pfanet_cli.evaluation.protocols import evaluate_llcm, evaluate_regdb, evaluate_sysu
-from pfanet_cli.evaluation.rerank import RerankConfig, kreciprocal_distances, rerank_config
+from pfanet_cli.evaluation import rerank
+from pfanet_cli.evaluation.protocols import evaluate_llcm, evaluate_regdb, evaluate_sysu, evaluate_sysu_settings
+from pfanet_cli.evaluation.rerank import KReciprocal, RerankConfig, kreciprocal_distances, rerank_config, rerank_device
 from tests.helpers import llcm_like, sysu_like
 
 
@@ -80,6 +83,62 @@ def test_tied_neighbours_are_taken_in_index_order():
                                reference_rerank(feats[:9], feats[9:], 4, 2, 0.3), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("min_depth", [64, 4])                 # 4: short lists, nodes fall back to the trial
+def test_trials_sharing_one_search_equal_each_trial_on_its_own(monkeypatch, min_depth):
+    monkeypatch.setattr(rerank, "MIN_DEPTH", min_depth)
+    monkeypatch.setattr(rerank, "DEPTH_FACTOR", 1)
+    feats, _ = clustered(6, ids=20, per_id=7)
+    queries, pool = feats[:40], feats[40:]
+    config = RerankConfig(5, 3, 0.3)
+    reranker = KReciprocal(queries, pool, config)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        rows = np.sort(rng.choice(len(queries), 30, replace=False))
+        gallery = np.sort(rng.choice(len(pool), 45, replace=False))
+        shared = reranker.distances(rows, gallery)
+        np.testing.assert_allclose(shared, kreciprocal_distances(queries[rows], pool[gallery], config),
+                                   atol=1e-12, rtol=0)
+        np.testing.assert_allclose(shared, reference_rerank(queries[rows], pool[gallery], 5, 3, 0.3),
+                                   atol=1e-12, rtol=0)
+
+
+def test_the_torch_path_equals_the_numpy_path():
+    feats, _ = clustered(8, ids=12, per_id=6)
+    config = RerankConfig(6, 3, 0.3)
+    on_numpy = KReciprocal(feats[:30], feats[30:], config, memory_budget=5_000)
+    on_torch = KReciprocal(feats[:30], feats[30:], config.on("cpu"), memory_budget=5_000)
+    for gallery in (np.arange(42), np.arange(0, 42, 2)):
+        np.testing.assert_allclose(on_torch.distances(None, gallery), on_numpy.distances(None, gallery),
+                                   atol=1e-12, rtol=0)
+
+
+def test_near_ties_below_float32_resolution_follow_float64():
+    """Tight clusters: distances of about 1e-9 apart by 1e-10, where float32 similarities of unit vectors
+    (resolution 6e-8) are all equal; the neighbour order must be float64's."""
+    rng = np.random.default_rng(9)
+    centres = rng.standard_normal((6, 8))
+    feats = centres[np.repeat(np.arange(6), 9)] + 1e-5 * rng.standard_normal((54, 8))
+    unit32 = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
+    assert np.all(unit32[:9] @ unit32[:9].T >= np.float32(1.0) - 3e-7)      # float32 cannot order them
+    mine = kreciprocal_distances(feats[::3], np.delete(feats, np.arange(0, 54, 3), axis=0), RerankConfig(5, 3, 0.3))
+    expected = reference_rerank(feats[::3], np.delete(feats, np.arange(0, 54, 3), axis=0), 5, 3, 0.3)
+    np.testing.assert_allclose(mine, expected, atol=1e-12, rtol=0)
+
+
+def test_the_device_follows_the_command_line():
+    assert rerank_device("cpu") is None
+    try:
+        import torch  # only to know what this machine has
+    except ImportError:                                                # pragma: no cover - torch is a dependency
+        pytest.skip("torch is not installed")
+    if torch.cuda.is_available():
+        assert rerank_device(None).startswith("cuda") and rerank_device("cuda").startswith("cuda")
+    else:
+        assert rerank_device(None) is None
+        with pytest.raises(UsageError, match="no CUDA device"):
+            rerank_device("cuda")
+
+
 def test_re_ranking_improves_a_clustered_retrieval():
     feats, labels = clustered(11, ids=10, per_id=8, dim=6)
     queries, gallery = np.arange(0, 80, 4), np.setdiff1d(np.arange(80), np.arange(0, 80, 4))
@@ -145,6 +204,16 @@ def test_protocols_rank_by_the_re_ranked_distances():
     assert result.card["rerank"] == config.describe()
     plain = evaluate_sysu(feats, pids, camids, paths, mode="all", shot="single", trials=2, sampler="agw")
     assert plain.per_trial != result.per_trial and plain.card["rerank"] == "off"
+
+    both = evaluate_sysu_settings(feats, pids, camids, paths, [("all", "multi"), ("indoor", "single")], trials=2,
+                                  sampler="agw", rerank=config)                 # one search for four trials
+    for result in both:
+        galleries = sample_gallery_agw(pids, camids, paths, mode=result.mode, shot=result.shot, trials=2)
+        for trial, gallery in enumerate(galleries):
+            gallery = np.sort(gallery)
+            dist = reference_rerank(feats[queries], feats[gallery], 6, 3, 0.3)
+            expected = loop_metrics(dist, queries, gallery, pids, camids, "sysu")
+            assert {k: result.per_trial[trial][k] for k in expected} == pytest.approx(expected, abs=1e-9)
 
     regdb_cams = np.where(np.isin(camids, (3, 6)), 2, 1)
     result = evaluate_regdb(feats, pids, regdb_cams, direction="t2v", rerank=config)
