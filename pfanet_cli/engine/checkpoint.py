@@ -165,12 +165,15 @@ def check_architecture(payload: dict[str, Any], path: Path, wanted: dict[str, An
         raise CheckpointError(f"{problem}: {'; '.join(differences)}")
 
 
-def restore_networks(path: Path, keys: Iterable[str], purpose: str) -> tuple[dict[str, torch.nn.Module], dict]:
-    """Rebuild the networks ``keys`` from a checkpoint's architecture arguments alone, load their
-    weights and put them in eval mode. Returns the networks and the checkpoint payload."""
+def restore_networks(path: Path, keys: Iterable[str], purpose: str,
+                     optional: Iterable[str] = ()) -> tuple[dict[str, torch.nn.Module], dict]:
+    """Rebuild the networks ``keys`` (and those of ``optional`` the checkpoint holds) from a checkpoint's
+    architecture arguments alone, load their weights and put them in eval mode. Returns the networks and the
+    checkpoint payload."""
     keys = tuple(keys)
     payload = load_checkpoint(path)
     require_networks(payload, path, keys, purpose)
+    keys = (*keys, *(key for key in optional if key in payload.get("networks", {})))
     config = model_config_from_checkpoint(payload, path)
     networks = build_networks(config, int(payload["num_classes"]), payload["stage"] == "train-joint",
                               load_pretrained=False, keys=keys)

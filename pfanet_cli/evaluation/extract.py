@@ -1,107 +1,54 @@
 """``extract``: the SPEC §3 test feature of every image of a prepared split or an image folder.
 
 The feature is F's GAP vector of the image plus that of its horizontal flip, L2-normalised; RGB
-images are first translated to fake IR by G_I (eval mode) unless ``translate`` is off; IR images go
-in as they are. Images are read in batches from the memory-mapped prepared array.
+images are first translated to fake IR by G_I (in test mode, ``modeling/test_feature.py``) unless
+``translate`` is off; IR images go in as they are. Images are read in batches from the memory-mapped
+prepared array. The model is a checkpoint run with PyTorch, or an ONNX export run with onnxruntime
+(``inference/``): the same numbers either way, to the export's parity tolerance.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from pfanet_cli.data.augment import to_unit_range
 from pfanet_cli.data.datasets import identity_from_path
 from pfanet_cli.data.prepared import PreparedData, open_prepared
-from pfanet_cli.engine.checkpoint import restore_networks
-from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, UsageError
-from pfanet_cli.evaluation.card import extraction_provenance, prepared_split
+from pfanet_cli.evaluation.card import prepared_split
 from pfanet_cli.evaluation.features import FeatureSet, validate_arrays
-from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR
-from pfanet_cli.modeling.extractor import extract_test_features
+from pfanet_cli.inference.feature_model import Progress
+from pfanet_cli.inference.models import open_feature_model
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import BadImage, list_images, load_rgb
-
-Progress = Callable[[int, int], None]
-
-
-def load_feature_networks(checkpoint: Path, translate: bool) -> tuple[nn.Module, nn.Module | None, dict]:
-    """F (and G_I when RGB images are to be translated) from a checkpoint, in eval mode."""
-    keys = [EXTRACTOR, GENERATOR_RGB2IR] if translate else [EXTRACTOR]
-    networks, payload = restore_networks(checkpoint, keys, "extract")
-    return networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), payload
-
-
-@torch.inference_mode()
-def compute_features(extractor: nn.Module, generator: nn.Module | None, images: np.ndarray, is_rgb: np.ndarray,
-                     model_size: tuple[int, int], batch_size: int = 64, device: str | torch.device = "cpu",
-                     on_progress: Progress | None = None) -> np.ndarray:
-    """Features (float32 N×D) of ``images`` (N×H×W×3 uint8, may be memory-mapped).
-
-    Rows marked ``is_rgb`` pass through ``generator`` first when one is given. Images of another
-    size than the model's are resized (bilinear, antialiased) on the fly.
-    """
-    extractor.eval()
-    if generator is not None:
-        generator.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        rows = slice(start, start + batch_size)
-        batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2).to(device)
-        batch = to_unit_range(batch)
-        if tuple(batch.shape[2:]) != tuple(model_size):
-            batch = F.interpolate(batch, size=model_size, mode="bilinear", antialias=True, align_corners=False)
-        rgb = torch.from_numpy(np.asarray(is_rgb[rows], dtype=bool)).to(device)
-        if generator is not None and bool(rgb.any()):
-            batch[rgb] = generator(batch[rgb])
-        batch = batch.contiguous(memory_format=torch.channels_last)  # oneDNN: F runs ~1.5x faster on CPU
-        chunks.append(extract_test_features(extractor, batch).cpu().numpy().astype(np.float32))
-        if on_progress:
-            on_progress(min(batch_size, len(images) - start), len(images))
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-
-
-def _resolve_checkpoint(checkpoint: Path | None, runs_root: Path, purpose: str) -> Path:
-    return Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, ("train-joint",), purpose)
 
 
 def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, split: str = "test",
                   translate: bool = True, batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                  on_progress: Progress | None = None) -> FeatureSet:
+                  on_progress: Progress | None = None, onnx: Path | None = None) -> FeatureSet:
     """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
     the prepared data's official permutation file when it has one. ``data``: an opened prepared folder
-    or its path."""
-    checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate)
+    or its path. ``onnx``: an export folder of ``pfanet export`` run with onnxruntime instead of a checkpoint."""
+    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root)
     if not isinstance(data, PreparedData):
         data = open_prepared(data)
     rows = data.split(split)
-    model_size = tuple(int(v) for v in payload["image_size"])
-    if model_size != rows.image_size:
+    if model.image_size != rows.image_size:
+        height, width = model.image_size
         console.print(f"note: {data.root} is {rows.image_size[0]}x{rows.image_size[1]}, the model was trained at "
-                      f"{model_size[0]}x{model_size[1]}; images are resized on the fly")
-    extractor.to(device)
-    if generator is not None:
-        generator.to(device)
-    features = compute_features(extractor, generator, rows.images, ~rows.is_ir, model_size, batch_size, device,
-                                on_progress)
+                      f"{height}x{width}; images are resized on the fly")
+    features = model.features(rows.images, ~rows.is_ir, batch_size, on_progress)
     result = validate_arrays(features, rows.pids, rows.camids, rows.paths, dataset=data.dataset)
     perm = data.perm_file()
     result.perm_mat_bytes = perm.read_bytes() if perm else None
-    result.provenance = extraction_provenance(str(checkpoint), payload, translate,
-                                              prepared_split(data.dataset, data.manifest, str(data.root), split))
+    result.provenance = model.provenance(prepared_split(data.dataset, data.manifest, str(data.root), split))
     return result
 
 
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                   on_progress: Progress | None = None) -> FeatureSet:
+                   on_progress: Progress | None = None, onnx: Path | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
     (``auto``: from the camera in the path)."""
@@ -122,22 +69,17 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
         is_rgb = np.array([parts[2] == "rgb" for parts in parsed])
     else:
         is_rgb = np.full(len(files), modality == "rgb")
-    checkpoint = _resolve_checkpoint(checkpoint, runs_root, "extract")
-    extractor, generator, payload = load_feature_networks(checkpoint, translate)
-    model_size = tuple(int(v) for v in payload["image_size"])
-    images = np.empty((len(files), *model_size, 3), dtype=np.uint8)
+    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root)
+    images = np.empty((len(files), *model.image_size, 3), dtype=np.uint8)
     for row, path in enumerate(files):
         try:
-            images[row] = load_rgb(path, model_size)
+            images[row] = load_rgb(path, model.image_size)
         except BadImage as exc:
             raise DataError(f"cannot decode {path}: {exc}") from exc
-    extractor.to(device)
-    if generator is not None:
-        generator.to(device)
-    features = compute_features(extractor, generator, images, is_rgb, model_size, batch_size, device, on_progress)
+    features = model.features(images, is_rgb, batch_size, on_progress)
     datasets = {parts[3] for parts in parsed}
     dataset = datasets.pop() if len(datasets) == 1 and None not in datasets else "sysu"
     result = validate_arrays(features, np.array([p[0] for p in parsed], np.int64),
                              np.array([p[1] for p in parsed], np.int64), relative, dataset=dataset)
-    result.provenance = extraction_provenance(str(checkpoint), payload, translate, f"the images under {image_dir}")
+    result.provenance = model.provenance(f"the images under {image_dir}")
     return result

@@ -1,0 +1,23 @@
+"""Which feature model a command runs: a pfanet checkpoint (PyTorch) or an ONNX export folder (onnxruntime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pfanet_cli.engine.rundir import newest_checkpoint
+from pfanet_cli.errors import UsageError
+from pfanet_cli.inference.feature_model import CheckpointModel, FeatureModel
+from pfanet_cli.inference.onnx_model import OnnxModel
+
+
+def open_feature_model(checkpoint: Path | None, onnx: Path | None = None, *, translate: bool = True,
+                       device: str = "cpu", runs_root: Path = Path("runs"), purpose: str = "extract",
+                       require_rgb: bool = True) -> FeatureModel:
+    """The export folder ``onnx``, else ``checkpoint``, else the newest train-joint checkpoint under
+    ``runs_root``. ``require_rgb``: a model without G_I is an error when ``translate`` is on."""
+    if onnx is not None and checkpoint is not None:
+        raise UsageError("give --checkpoint or --onnx, not both")
+    if onnx is not None:
+        return OnnxModel(Path(onnx), translate=translate, device=device, require_rgb=require_rgb)
+    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, ("train-joint",), purpose)
+    return CheckpointModel(checkpoint, translate, device, purpose, require_rgb)
