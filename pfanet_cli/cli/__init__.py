@@ -11,6 +11,7 @@ import traceback
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from pfanet_cli import __version__
 from pfanet_cli.cli import common, data, demo, evaluate, inference, train, trials
@@ -61,7 +62,7 @@ common.register(app, "demo", demo.demo_command)
 def _report(exc: BaseException, message: str, code: int) -> int:
     if common.debug_enabled():
         traceback.print_exception(exc)
-    error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    error_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
     return code
 
 
