@@ -22,6 +22,7 @@ from pfanet_cli.errors import CheckpointError, UsageError
 from pfanet_cli.evaluation.card import extraction_provenance
 from pfanet_cli.inference.extras import import_extra
 from pfanet_cli.inference.feature_model import FeatureModel, Progress
+from pfanet_cli.modeling.test_feature import pixel_batch
 from pfanet_cli.utils.digest import file_sha256
 
 EXPORT_FORMAT = "pfanet-onnx-export"
@@ -117,7 +118,7 @@ class OnnxModel(FeatureModel):
         chunks = []
         for start in range(0, len(images), batch_size):
             rows = slice(start, start + batch_size)
-            pixels = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2).float()
+            pixels = pixel_batch(torch.from_numpy(np.array(images[rows])))
             if tuple(pixels.shape[2:]) != self.image_size:
                 pixels = F.interpolate(pixels, size=self.image_size, mode="bilinear", antialias=True,
                                        align_corners=False)
