@@ -54,6 +54,10 @@ def _unit_interval(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _probability(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def _key(default: Any, check=None, help: str = "") -> Any:
     return field(default=default, metadata={"check": check, "help": help})
 
@@ -66,6 +70,16 @@ class DataConfig:
     width: int = _key(144, _divisible_by_16, "network input width")
     pad: int = _key(10, _non_negative, "zero padding before the random crop (F's augmentation)")
     flip: bool = _key(True, help="random horizontal flip")
+    erasing: float = _key(0.0, _probability, "random erasing probability per image (Zhong et al.; area 0.02-0.4, "
+                                             "aspect 0.3-3.33, the reference's fill); 0 = off, CAJ: 0.5")
+    grayscale: float = _key(0.0, _probability, "random grayscale probability per image, both modalities, on the "
+                                               "pixels (DEEN's RandomGrayscale: 0.5); 0 = off")
+    channel_exchange: float = _key(0.0, _probability, "probability that an RGB view becomes one of its channels, R, "
+                                                      "G or B at random (CAJ's ChannelExchange(gray=2)); 0 = off")
+    ir_adaptive_gray: bool = _key(False, help="CAJ's ChannelAdapGray(0.5) on the IR images: one channel copied to "
+                                              "all three (3/4), ITU greyscale (1/8) or unchanged (1/8)")
+    rgb_views: Literal[1, 2] = _key(1, help="2: every RGB image twice, augmented independently, the second view "
+                                            "with data.channel_exchange (CAJ's joint batch; train-agw only)")
 
 
 @dataclass
@@ -94,6 +108,15 @@ class ModelConfig:
                                             "path (not in AlignGAN; for small, short GAN runs)")
     disc_channels: int = _key(64, _at_least(1), "D's first conv width (64)")
     joint_feature_channels: int = _key(64, _at_least(1), "joint D: width of the projected feature map")
+    pixel_alignment: Literal["gan", "grey"] = _key(
+        "gan", help="how RGB images reach F: 'gan' through G_I (PFANet; trained by train-gan and the joint phase), "
+                    "'grey' through a fixed luma conversion (no generator, no GAN: the ablation's 'without the GAN')")
+    method: Literal["pfanet", "agw"] = _key(
+        "pfanet", help="pfanet (train-gan, then train-joint) or agw (AGW's two-stream network, trained by train-agw)")
+    non_local: Literal["agw", "half", "off"] = _key(
+        "agw", help="AGW's non-local blocks (model.method=agw): 'agw' embeds in 1 channel as AGW's code does (the "
+                    "published model), 'half' in C/2 (Wang et al.'s design, a different model), 'off' none")
+    pooling: Literal["gem", "avg"] = _key("gem", help="AGW's pooling (model.method=agw): GeM with p = 3, or average")
 
 
 @dataclass
@@ -183,6 +206,36 @@ class TrainConfig:
 
 
 @dataclass
+class AgwConfig:
+    """train-agw: AGW's schedule and losses (``mangye16/Cross-Modal-Re-ID-baseline``, ``train.py``)."""
+
+    epochs: int = _key(81, _at_least(1), "epochs (AGW's train.py loops over epochs 0..80)")
+    iterations_per_epoch: int = _key(0, _non_negative, "0: AGW's rule, int(max(#RGB, #IR) / (P*K)) + 1 of the "
+                                                       "training split; else this many")
+    ids_per_batch: int = _key(8, _at_least(2), "P: identities per batch (AGW: 8)")
+    images_per_id: int = _key(4, _at_least(1), "K: images per identity and modality (AGW: 4)")
+    lr: float = _key(0.1, _positive, "SGD lr of the BN-neck and classifier (AGW: 0.1)")
+    backbone_lr_factor: float = _key(0.1, _positive, "the rest of the network learns at lr x this (AGW: 0.1)")
+    warmup_epochs: int = _key(10, _non_negative, "linear warm-up: epoch e < this runs at lr * (e + 1) / this")
+    first_decay: int = _key(20, _non_negative, "from this epoch on, lr x 0.1 (AGW: 20)")
+    second_decay: int = _key(50, _non_negative, "from this epoch on, lr x 0.01 (AGW: 50)")
+    momentum: float = _key(0.9, _unit_interval, "SGD momentum (Nesterov)")
+    weight_decay: float = _key(5e-4, _non_negative, "SGD weight decay")
+    triplet: Literal["wrt", "adp"] = _key(
+        "wrt", help="wrt: AGW's weighted regularised triplet; adp: CAJ's TripletLoss_ADP (squared difference)")
+    adp_alpha: float = _key(1.0, _positive, "adp: scale of the distances inside the softmax weights (CAJ: 1)")
+    adp_gamma: float = _key(1.0, _positive, "adp: scale of the squared difference (CAJ: 1)")
+    test_feature: Literal["fc", "pool"] = _key(
+        "fc", help="what extract writes: fc, the BN-neck output (the feature AGW's train.py chooses its best model "
+                   "by), or pool, the pooled map; both L2-normalised")
+    test_flip: bool = _key(False, help="mean of the image's and its flip's normalised features, normalised (CAJ's "
+                                       "testa.py); AGW's test.py does not flip")
+    validate_every: int = _key(0, _non_negative, "iterations between validations on the prepared 'val' split "
+                                                 "(keeps best.pt by val mAP; 0 = off)")
+    validate_trials: int = _key(10, _at_least(1), "gallery trials of each validation")
+
+
+@dataclass
 class Recipe:
     name: str = _key("pfanet", help="run name (prefix of the run directory)")
     data: DataConfig = field(default_factory=DataConfig)
@@ -190,6 +243,7 @@ class Recipe:
     gan: GanConfig = field(default_factory=GanConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    agw: AgwConfig = field(default_factory=AgwConfig)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -398,7 +452,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def build_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a nested dict against the schema (missing keys take their defaults)."""
-    return _build(Recipe, values, "", source)
+    recipe = _build(Recipe, values, "", source)
+    if recipe.data.rgb_views == 2 and recipe.model.method != "agw":
+        raise UsageError(f"recipe {source}: data.rgb_views=2 (CAJ's two RGB views) needs model.method=agw; PFANet's "
+                         "F step pairs each RGB image with one IR image")
+    return recipe
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

@@ -1,10 +1,11 @@
-"""``pfanet regdb-all``: RegDB as the literature reports it, one model per trial. For each trial: train-gan,
-train-joint, extract the test split, evaluate both directions and write ``<out>/trial<T>/results.json``;
-then the mean ± std over the trials, computed from those per-trial files, into ``<out>/results.json``.
+"""``pfanet regdb-all``: RegDB as the literature reports it, one model per trial. For each trial: train-gan
+and train-joint (PFANet; AGW recipes: train-agw), extract the test split, evaluate both directions and write
+``<out>/trial<T>/results.json``; then the mean ± std over the trials, computed from those per-trial files,
+into ``<out>/results.json``.
 
 Resumable per trial: a trial whose ``results.json`` exists is not run again, and a trial that stopped
 half-way resumes each stage from its last checkpoint (the stages run with ``--resume auto`` on fixed run
-folders, ``<out>/trial<T>/gan`` and ``<out>/trial<T>/joint``).
+folders, ``<out>/trial<T>/gan`` and ``<out>/trial<T>/joint``, or ``<out>/trial<T>/agw``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 from pfanet_cli.config import load_recipe
 from pfanet_cli.data.prepared import open_prepared
 from pfanet_cli.engine.runtime import resolve_device
+from pfanet_cli.engine.train_agw import AgwTrainer
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
@@ -58,12 +60,15 @@ def _run_trial(recipe_path: str | Path, overrides: Sequence[str], trial: int, da
     recipe = load_recipe(recipe_path, trial_overrides)
     if recipe.data.dataset != "regdb":
         raise UsageError(f"regdb-all trains RegDB: the recipe says data.dataset={recipe.data.dataset} "
-                         "(use regdb_pfanet.yaml or set data.dataset=regdb)")
-    gan = run_stage(GanTrainer, recipe, trial_overrides, folder / "gan", "auto", show_progress)
-    joint = run_stage(JointTrainer, recipe, trial_overrides, folder / "joint", "auto", show_progress,
-                      init_gan=gan.checkpoint)
+                         "(use regdb_pfanet.yaml, regdb_agw.yaml or set data.dataset=regdb)")
+    if recipe.model.method == "agw":
+        trained = run_stage(AgwTrainer, recipe, trial_overrides, folder / "agw", "auto", show_progress)
+    else:
+        gan = run_stage(GanTrainer, recipe, trial_overrides, folder / "gan", "auto", show_progress)
+        trained = run_stage(JointTrainer, recipe, trial_overrides, folder / "joint", "auto", show_progress,
+                            init_gan=gan.checkpoint)
     prepared = open_prepared(data)
-    features = extract_split(joint.checkpoint, prepared, "test", device=str(resolve_device(recipe.train.device)))
+    features = extract_split(trained.checkpoint, prepared, "test", device=str(resolve_device(recipe.train.device)))
     save_feature_set(folder / FEATURES, features)
     source = EvaluationSource(features, "regdb", prepared.root, trusted_data=True, _prepared=prepared, _opened=True)
     results = label_trial(evaluate_source(source, all_settings=True), trial)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from pfanet_cli.data.augment import to_uint8, to_unit_range
-from pfanet_cli.engine.checkpoint import STAGES, restore_networks
+from pfanet_cli.engine.checkpoint import GENERATOR_STAGES, restore_networks
 from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, DiskFull, UsageError
 from pfanet_cli.modeling.build import GENERATOR_RGB2IR
@@ -103,7 +103,7 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
         raise DataError(f"every image under {rgb_dir} is a link to a file outside it; links are not followed out "
                         "of the input folder unless you pass --follow-links")
     targets = _targets(images, rgb_dir, out_dir, overwrite)
-    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, STAGES, "translate")
+    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, GENERATOR_STAGES, "translate")
     networks, payload = restore_networks(checkpoint, [GENERATOR_RGB2IR], "translate")
     generator = networks[GENERATOR_RGB2IR].to(device)
     height, width = (int(v) for v in payload["image_size"])

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from pfanet_cli.engine.runtime import cpu_has_native_bf16
 from tests.helpers import REPO
@@ -78,3 +79,58 @@ def test_search_benchmark_times_exact_and_faiss_search_and_skips_what_does_not_f
     if result["faiss"]:
         assert 0 < row["faiss_recall_at_10"] <= 1 and row["faiss_index"].startswith("faiss IVF-Flat")
         assert row["faiss_build_s"] > 0
+
+
+@pytest.mark.slow
+def test_ablation_trains_each_variant_per_seed_chooses_on_val_and_resumes(tmp_path):
+    out = tmp_path / "ablation"
+    args = ("--out", str(out), "--recipe", "tiny_cpu.yaml", "--ids", "20", "--seeds", "0,1", "--jobs", "2",
+            "--validate-every", "2", "--only", "B (plain);B + BNG + MMM (no GAN);PFANet (B + BNG + MMM + GAN)",
+            "--fidelity")
+    result, done = run_script("ablation.py", *args, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(result["variants"]) == ["B (plain)", "B + BNG + MMM (no GAN)", "PFANet (B + BNG + MMM + GAN)"]
+    for name, row in result["variants"].items():
+        assert row["seeds"] == [0, 1]
+        for key in ("r1", "mAP", "ir_ir_r1", "rgb_rgb_r1"):
+            mean, std = row[key]
+            assert 0 <= mean <= 100 and std >= 0
+    runs = {path.parent.name: json.loads(path.read_text()) for path in out.glob("*/result.json")}
+    assert len(runs) == 6 and (out / "gan-seed0").is_dir() and (out / "gan-seed1").is_dir()
+    for name, run in runs.items():
+        best = run["val_best"]
+        assert best["mAP"] == max(v[2] for v in run["val_curve"])  # the scored model is the best on val
+        test = json.loads((out / name / "test.json").read_text())
+        assert test["card"]["checkpoint"]["path"].endswith("joint/checkpoints/best.pt")
+        assert "val mAP" in test["card"]["checkpoint"]["chosen"]
+        assert ("fidelity" in run) == (not name.startswith("b-bng-mmm-no-gan"))
+    grey = yaml.safe_load((out / "b-bng-mmm-no-gan-seed0" / "joint" / "run.yaml").read_text())
+    assert grey["init_gan"].startswith("none: model.pixel_alignment is grey")
+    table = (out / "table.md").read_text()
+    assert "| B + BNG + MMM (no GAN) |" in table and "mean ± std over seeds" in table
+    stamp = (out / "table.md").stat().st_mtime_ns
+    again, done = run_script("ablation.py", *args, timeout=600)  # resumes: every run is kept
+    assert done.returncode == 0 and again["variants"] == result["variants"]
+    assert (out / "table.md").stat().st_mtime_ns >= stamp
+
+
+def test_ablation_trains_agw_recipes_with_train_agw_and_pfanet_ones_with_train_joint(tmp_path):
+    """The `baselines` set: AGW and CAJ (model.method=agw) run train-agw with agw.validate_every into <run>/agw,
+    PFANet's train-joint with joint.validate_every, from the seed's train-gan run when the variant has one."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ablation  # the benchmark script, imported to check the commands it would run
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    plan = ablation.Plan(tmp_path, "demo_cpu.yaml", 20, [0], list(ablation.VARIANT_SETS["baselines"]), ["train.log_every=5"], 1,
+                         25, False)
+    agw, caj, pfanet, pfanet_caj = plan.variants
+    stage, folder, args = ablation.training_command(plan, agw, 3, tmp_path / "agw-seed3", None)
+    assert (stage, folder) == ("train-agw", tmp_path / "agw-seed3" / "agw")
+    assert args[:2] == ["train-agw", "demo_agw.yaml"] and "agw.validate_every=25" in args and "train.seed=3" in args
+    assert "--init-gan" not in args and args[args.index("--out") + 1] == str(folder)
+    assert ablation.training_command(plan, caj, 0, tmp_path / "c", None)[2][1] == "demo_caj.yaml"
+    stage, folder, args = ablation.training_command(plan, pfanet_caj, 0, tmp_path / "p", tmp_path / "gan.pt")
+    assert stage == "train-joint" and args[1] == "demo_pfanet_caj.yaml" and "joint.validate_every=25" in args
+    assert args[args.index("--init-gan") + 1] == str(tmp_path / "gan.pt")
+    assert ablation.training_command(plan, pfanet, 0, tmp_path / "q", None)[2][1] == "demo_cpu.yaml"

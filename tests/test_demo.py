@@ -73,6 +73,23 @@ def test_results_json_follows_the_evaluation_contract(demo):
     assert baselines["untrained network"][0]["card"]["checkpoint"].startswith("none: seeded initialisation")
 
 
+def test_the_modality_gap_is_reported_apart_from_the_protocol(demo):
+    """The same model's IR->IR and RGB->RGB numbers beside the protocol's, in their own file and section."""
+    diagnostic = json.loads((demo.out / "same_modality.json").read_text())
+    assert [(d["dataset"], d["mode"]) for d in diagnostic] == [("sysu-same-modality", "ir->ir"),
+                                                               ("sysu-same-modality", "rgb->rgb")]
+    assert diagnostic[0]["card"]["checkpoint"]["path"] == str(demo.out / "joint" / "checkpoints" / "last.pt")
+    assert [(r.mode, r.dataset) for r in demo.same_modality] == [("ir->ir", "sysu-same-modality"),
+                                                                  ("rgb->rgb", "sysu-same-modality")]
+    markdown = demo.report_markdown.read_text()
+    section = markdown[markdown.index("## The modality gap"):]
+    protocol = demo.results[0]
+    assert f"| IR query -> RGB gallery (the protocol, all single-shot) | {protocol.num_query:,} |" in section
+    assert f"{protocol.metrics['r1']:.2f} ± {protocol.std['r1']:.2f}" in section.splitlines()[4]
+    assert "IR query -> IR gallery" in section and "RGB query -> RGB gallery" in section
+    assert all(r["dataset"] == "sysu" for r in json.loads((demo.out / "results.json").read_text()))
+
+
 def test_pictures_are_not_blank(demo):
     figures = sorted((demo.out / "figures").glob("*.png"))
     assert {f.name for f in figures} >= {"loss_curves.png", "translation.png", "cmc.png", "ranked_lists.png"}

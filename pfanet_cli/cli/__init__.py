@@ -51,6 +51,7 @@ def root(
 app.add_typer(data.app, name="prepare-data")
 common.register(app, "train-gan", train.train_gan_command)
 common.register(app, "train-joint", train.train_joint_command)
+common.register(app, "train-agw", train.train_agw_command)
 common.register(app, "translate", inference.translate_command)
 common.register(app, "extract", inference.extract_command)
 common.register(app, "export", deploy.export_command)

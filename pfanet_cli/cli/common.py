@@ -21,12 +21,23 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help="output directo
 ResumeOption = Annotated[
     Optional[str], typer.Option("--resume", help="'auto' (newest checkpoint of --out) or a checkpoint path")
 ]
+IrResidualOption = Annotated[
+    Optional[float], typer.Option(
+        "--ir-residual", help="share of each material's IR intensity unrelated to its colour, in [0, 1]: 0 fully "
+                              "predictable from colour and material, 1 the data of pfanet 0.1 (docs/synthetic.md) "
+                              "[default: 0.3]")
+]
 OverridesArgument = Annotated[
     Optional[list[str]], typer.Argument(help="recipe overrides as dotted key=value, e.g. joint.iterations=100")
 ]
 
 
 _debug = False
+
+
+def ir_residual_kwargs(ir_residual: float | None) -> dict[str, float]:
+    """``--ir-residual`` as renderer keyword arguments: none when it was not given (the renderer's default)."""
+    return {} if ir_residual is None else {"ir_residual": ir_residual}
 
 
 def debug_enabled() -> bool:

@@ -7,7 +7,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from pfanet_cli.cli.common import guard_interrupt
+from pfanet_cli.cli.common import IrResidualOption, guard_interrupt, ir_residual_kwargs
 from pfanet_cli.errors import UsageError
 from pfanet_cli.utils.console import console, progress_bar
 
@@ -139,6 +139,7 @@ def synthetic_command(
     height: Annotated[Optional[int], typer.Option("--height", help="raw image height")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="raw image width")] = None,
     workers: WorkersOption = None,
+    ir_residual: IrResidualOption = None,
 ) -> None:
     """Render synthetic RGB/IR pedestrians in the exact SYSU-MM01 raw layout, or in LLCM's (--layout llcm)."""
     from pfanet_cli.data import synthetic  # heavy: numpy and scipy, not needed for --help
@@ -147,6 +148,6 @@ def synthetic_command(
     if layout not in renderers:
         raise UsageError(f"unknown --layout {layout!r}: choose one of {', '.join(renderers)}")
     summary = renderers[layout](out, preset=preset, ids=ids, seed=seed, height=height, width=width,
-                                workers=workers, show_progress=True)
+                                workers=workers, show_progress=True, **ir_residual_kwargs(ir_residual))
     console.print(f"rendered {summary.total_images:,} images into {summary.out} in {summary.seconds:.1f} s; "
                   f"next: pfanet prepare-data {layout} {summary.out}", soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pfanet_cli.cli.common import DeviceOption, OverridesArgument
+from pfanet_cli.cli.common import DeviceOption, IrResidualOption, OverridesArgument, ir_residual_kwargs
 
 
 def demo_command(
@@ -17,9 +17,10 @@ def demo_command(
     ids: Annotated[int, typer.Option("--ids", help="synthetic identities (half train, a tenth val, 40% test)")] = 200,
     recipe: Annotated[str, typer.Option("--recipe", help="recipe file or bundled recipe name")] = "demo_cpu.yaml",
     seed: Annotated[int, typer.Option("--seed", help="random seed of the data and the training")] = 0,
+    ir_residual: IrResidualOption = None,
 ) -> None:
     """Run the whole pipeline on built-in synthetic data (render, prepare, train-gan, train-joint,
     translate, extract, evaluate) and write report.html, report.md and results.json."""
     from pfanet_cli.demo.pipeline import run_demo  # heavy: torch, not needed for --help
 
-    run_demo(out, device or "auto", ids, recipe, overrides or [], seed)
+    run_demo(out, device or "auto", ids, recipe, overrides or [], seed, **ir_residual_kwargs(ir_residual))

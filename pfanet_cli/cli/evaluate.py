@@ -17,6 +17,9 @@ RerankOption = Annotated[str, typer.Option(
     "--rerank", help="re-ranking of each trial's distances: off or kreciprocal (Zhong et al. 2017)")]
 K1Option = Annotated[Optional[int], typer.Option("--k1", help="k-reciprocal: k1 \\[default: 20]")]
 K2Option = Annotated[Optional[int], typer.Option("--k2", help="k-reciprocal: k2, query expansion \\[default: 6]")]
+SameModalityOption = Annotated[bool, typer.Option(
+    "--same-modality", help="SYSU: also the same-modality diagnostic (IR->IR, RGB->RGB; not the protocol, printed "
+                            "and written apart: <json name>_same_modality.json)")]
 LambdaOption = Annotated[Optional[float], typer.Option(
     "--lambda", help="k-reciprocal: weight of the original distance, 0..1 \\[default: 0.3]")]
 
@@ -28,8 +31,8 @@ def evaluate_command(
                            "image of both modalities); with --all-trials a template holding {trial}")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint",
-        help="extract features with this checkpoint first \\[default: the newest train-joint one]; with "
-             "--all-trials a template holding {trial}")] = None,
+        help="extract features with this checkpoint first \\[default: the newest train-joint or train-agw one]; "
+             "with --all-trials a template holding {trial}")] = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="prepared dataset dir (extraction, permutation file, ranked-list images) "
                        "\\[default: data/prepared/<dataset>; with --all-trials the parent of trial1..trial10]")] = None,
@@ -70,6 +73,7 @@ def evaluate_command(
         "--image-root",
         help="raw dataset root for the ranked-list images \\[default: the prepared arrays of --data]")] = None,
     max_rank: Annotated[int, typer.Option("--max-rank", help="length of the CMC curve")] = 20,
+    same_modality: SameModalityOption = False,
     device: common.DeviceOption = None,
 ) -> None:
     """Evaluate features with the SYSU-MM01, RegDB or LLCM protocol: R1/R5/R10/R20, mAP, mINP, and the
@@ -98,6 +102,8 @@ def evaluate_command(
     run.print_results(results)
     run.write_outputs(source, results, permutation.perm, json_out=json_out, as_list=len(results) > 1,
                       cmc_plot=cmc_plot, ranks_image=ranks_image, image_root=image_root)
+    if same_modality:
+        run.report_same_modality(source, trials=trials, max_rank=max_rank, json_out=json_out)
 
 
 def options_on_command_line(ctx: typer.Context, options: Iterable[str]) -> list[str]:

@@ -82,13 +82,18 @@ def extract_command(
     ] = "auto",
     out: Annotated[Path, typer.Option("--out", help="features .npz to write")] = Path("features.npz"),
     translate: Annotated[
-        bool, typer.Option("--translate/--no-translate", help="translate RGB images with G_I first")
+        bool, typer.Option("--translate/--no-translate", help="translate RGB images with G_I first (PFANet)")
     ] = True,
+    feature: Annotated[
+        Optional[str], typer.Option("--feature", help="AGW checkpoints: fc (BN-neck) or pool \\[default: the "
+                                                      "recipe's agw.test_feature]; PFANet's is always pool (v)")
+    ] = None,
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
 ) -> None:
-    """Extract test features (flip-summed, L2-normalised GAP vectors) into a features .npz file."""
+    """Extract test features into a features .npz file: PFANet's flip-summed, L2-normalised GAP vectors (RGB
+    through G_I), or AGW's fc or pool vectors (RGB through its visible stem)."""
     from pfanet_cli.evaluation.extract import extract_folder, extract_split  # heavy: torch, not needed for --help
     from pfanet_cli.evaluation.features import save_feature_set  # heavy: numpy, not needed for --help
 
@@ -96,9 +101,9 @@ def extract_command(
         advance = progress_callback(progress, "extract")
         if images is not None:
             result = extract_folder(checkpoint, images, modality, translate, batch_size, device_name(device),
-                                    runs_root, advance, onnx=onnx)
+                                    runs_root, advance, feature, onnx=onnx)
         else:
             result = extract_split(checkpoint, data, split, translate, batch_size, device_name(device), runs_root,
-                                   advance, onnx=onnx)
+                                   advance, feature, onnx=onnx)
     save_feature_set(out, result)
     console.print(f"wrote {len(result):,} features of size {result.dim} to {out}")

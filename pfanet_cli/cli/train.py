@@ -1,4 +1,4 @@
-"""train-gan and train-joint subcommands."""
+"""train-gan, train-joint and train-agw subcommands."""
 
 from __future__ import annotations
 
@@ -94,3 +94,19 @@ def train_joint_command(
     from pfanet_cli.engine.train_joint import JointTrainer  # heavy: torch, not needed for --help
 
     _train(JointTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json, init_gan=init_gan)
+
+
+def train_agw_command(
+    recipe: RecipeArgument,
+    overrides: OverridesArgument = None,
+    out: OutOption = None,
+    resume: ResumeOption = None,
+    device: DeviceOption = None,
+    seed: SeedOption = None,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """AGW (model.method=agw): its two-stream network trained in one stage, no GAN (sysu_agw.yaml, sysu_caj.yaml)."""
+    from pfanet_cli.engine.train_agw import AgwTrainer  # heavy: torch, not needed for --help
+
+    _train(AgwTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json)

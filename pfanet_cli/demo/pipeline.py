@@ -26,8 +26,9 @@ from pfanet_cli.config import Recipe, load_recipe
 from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data.prepared import PreparedData, PreparedSplit, open_prepared
 from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL
 from pfanet_cli.data.sysu import RandPerm, load_rand_perm_cam
-from pfanet_cli.demo.report import Figure, ReportContent, setting_name, write_report
+from pfanet_cli.demo.report import GAP_HEADER, Figure, ReportContent, modality_gap_rows, setting_name, write_report
 from pfanet_cli.engine.rundir import RunDir, loss_series, run_lock
 from pfanet_cli.engine.runtime import resolve_device
 from pfanet_cli.engine.train_gan import GanTrainer
@@ -40,7 +41,12 @@ from pfanet_cli.evaluation.extract import extract_split
 from pfanet_cli.inference.feature_model import compute_features
 from pfanet_cli.evaluation.features import FeatureSet, save_feature_set
 from pfanet_cli.evaluation.protocols import ALL_SYSU_SETTINGS, EvalResult, evaluate_sysu_settings, write_results_json
-from pfanet_cli.evaluation.run import EvaluationSource, save_ranked_list_picture, source_card
+from pfanet_cli.evaluation.run import (
+    EvaluationSource,
+    evaluate_source_same_modality,
+    save_ranked_list_picture,
+    source_card,
+)
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR, build_networks
 from pfanet_cli.translate import translate_folder
 from pfanet_cli.utils.atomic import write_text
@@ -64,6 +70,8 @@ class DemoResult:
     results: list[EvalResult]
     baselines: dict[str, list[EvalResult]]
     timings: dict[str, float] = field(default_factory=dict)
+    same_modality: list[EvalResult] = field(default_factory=list)
+    """The same-modality diagnostic of the trained features (IR->IR, RGB->RGB), beside the protocol's numbers."""
 
 
 class _Stages:
@@ -89,14 +97,16 @@ def demo_recipe(out: Path, recipe: str | Path, overrides: Sequence[str], device:
 
 
 def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | None = None,
-             recipe: str | Path = DEMO_RECIPE, overrides: Sequence[str] = (), seed: int = 0) -> DemoResult:
-    """Run (or resume) the demo in ``out`` and return the evaluation results and report paths."""
+             recipe: str | Path = DEMO_RECIPE, overrides: Sequence[str] = (), seed: int = 0,
+             ir_residual: float = DEFAULT_IR_RESIDUAL) -> DemoResult:
+    """Run (or resume) the demo in ``out`` and return the evaluation results and report paths; ``ir_residual`` is
+    the synthetic data's near-infrared residual share (docs/synthetic.md)."""
     out = Path(out)
     config = demo_recipe(out, recipe, overrides, device, seed)
     stages = _Stages()
     try:
         with run_lock(out, "pfanet demo"):
-            return _run(out, config, list(overrides), ids, seed, stages)
+            return _run(out, config, list(overrides), ids, seed, ir_residual, stages)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"demo interrupted during '{stages.current}'; finished stages are kept and no report was half-written "
@@ -104,9 +114,11 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | Non
         ) from exc
 
 
-def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed: int, stages: _Stages) -> DemoResult:
+def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed: int, ir_residual: float,
+         stages: _Stages) -> DemoResult:
     with stages.stage("render synthetic data"):
-        render_synthetic_sysu(out / "raw", preset="small", ids=ids, seed=seed, show_progress=True, reuse=True)
+        render_synthetic_sysu(out / "raw", preset="small", ids=ids, seed=seed, show_progress=True, reuse=True,
+                              ir_residual=ir_residual)
     with stages.stage("prepare-data sysu"):
         prepare_sysu(out / "raw", out / "prepared", height=recipe.data.height, width=recipe.data.width)
     with stages.stage("train-gan"):
@@ -130,17 +142,19 @@ def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed:
                                                     trials=10, sampler="official", perm=perm)
                        for name, feats in features.items()}
         _attach_cards(evaluations, trained, data)
+        same_modality = evaluate_source_same_modality(EvaluationSource(trained, "sysu", data.root, trusted_data=True))
     with stages.stage("report"):
         results = evaluations.pop("PFANet")
         figures = [_loss_figure(out / FIGURES, gan.run, joint.run),
                    Figure(grid, "Test images: RGB | fake IR made by G_I | real IR of the same person")]
         figures += _evaluation_figures(out / FIGURES, results, evaluations, trained, test, perm)
-        _write_json(out, results, evaluations)
-        markdown, page = write_report(out, _report_content(data, recipe, stages.timings, results, evaluations,
-                                                           figures))
-    _print_table(results, evaluations)
+        _write_json(out, results, evaluations, same_modality)
+        content = _report_content(data, recipe, stages.timings, results, evaluations, figures)
+        content.modality_gap = same_modality
+        markdown, page = write_report(out, content)
+    _print_table(results, evaluations, same_modality)
     console.print(f"report: {page}")
-    return DemoResult(out, markdown, page, results, evaluations, stages.timings)
+    return DemoResult(out, markdown, page, results, evaluations, stages.timings, same_modality)
 
 
 def _attach_cards(evaluations: dict[str, list[EvalResult]], trained: FeatureSet, data: PreparedData) -> None:
@@ -210,8 +224,10 @@ def _evaluation_figures(folder: Path, results: list[EvalResult], baselines: dict
                           "(green: same person, red: another)")]
 
 
-def _write_json(out: Path, results: list[EvalResult], baselines: dict[str, list[EvalResult]]) -> None:
+def _write_json(out: Path, results: list[EvalResult], baselines: dict[str, list[EvalResult]],
+                same_modality: list[EvalResult]) -> None:
     write_results_json(out / "results.json", results, as_list=True)
+    write_results_json(out / "same_modality.json", same_modality, as_list=True)
     payload = {name: [r.to_json_dict() for r in runs] for name, runs in baselines.items()}
     write_text(out / "baselines.json", json.dumps(payload, indent=2) + "\n")
 
@@ -241,7 +257,8 @@ def _summary(data: PreparedData, recipe: Recipe, timings: dict[str, float]) -> l
     ]
 
 
-def _print_table(results: list[EvalResult], baselines: dict[str, list[EvalResult]]) -> None:
+def _print_table(results: list[EvalResult], baselines: dict[str, list[EvalResult]],
+                 same_modality: list[EvalResult]) -> None:
     table = Table(title="demo results: R1 / mAP (percent, mean over 10 trials)")
     table.add_column("features")
     for result in results:
@@ -249,3 +266,9 @@ def _print_table(results: list[EvalResult], baselines: dict[str, list[EvalResult
     for name, runs in {"PFANet": results, **baselines}.items():
         table.add_row(name, *(f"{r.metrics['r1']:.1f} / {r.metrics['mAP']:.1f}" for r in runs))
     console.print(table)
+    gap = Table(title="the modality gap (PFANet): R1 / mAP, percent, mean ± std over 10 trials")
+    for column in GAP_HEADER:
+        gap.add_column(column, justify="left" if column == "matching" else "right")
+    for row in modality_gap_rows(results, same_modality):
+        gap.add_row(*row)
+    console.print(gap)

@@ -33,6 +33,8 @@ class ReportContent:
     baselines: dict[str, list[EvalResult]]
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    modality_gap: list[EvalResult] = field(default_factory=list)
+    """The same-modality diagnostic (IR->IR, RGB->RGB) of the trained features, shown beside the protocol."""
 
 
 def setting_name(result: EvalResult) -> str:
@@ -61,6 +63,23 @@ def comparison_rows(results: Sequence[EvalResult], baselines: dict[str, list[Eva
     return rows
 
 
+GAP_NAMES = {"ir->ir": "IR query -> IR gallery (same-modality diagnostic, other IR camera)",
+             "rgb->rgb": "RGB query -> RGB gallery (same-modality diagnostic, other RGB cameras)"}
+GAP_HEADER = ["matching", "queries", "gallery", "R1", "mAP"]
+
+
+def modality_gap_rows(results: Sequence[EvalResult], same_modality: Sequence[EvalResult]) -> list[list[str]]:
+    """The protocol's all-search single-shot numbers (IR query, RGB gallery) beside the same model's IR->IR and
+    RGB->RGB diagnostic: how much harder matching across modalities is than within one."""
+    protocol = [r for r in results if (r.mode, r.shot) == ("all", "single")]
+    rows = [["IR query -> RGB gallery (the protocol, all single-shot)", *_gap_cells(r)] for r in protocol]
+    return rows + [[GAP_NAMES.get(r.mode, r.mode), *_gap_cells(r)] for r in same_modality]
+
+
+def _gap_cells(result: EvalResult) -> list[str]:
+    return [f"{result.num_query:,}", f"{result.num_gallery:g}", _cell(result, "r1"), _cell(result, "mAP")]
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -82,6 +101,9 @@ def _tables(content: ReportContent) -> list[tuple[str, list[str], list[list[str]
     tables.append(("Protocol card", ["field", "value"], [list(row) for row in card_rows([r.card for r in
                                                                                            content.results])]))
     tables.append(("Against the baselines", compare_header, comparison_rows(content.results, content.baselines)))
+    if content.modality_gap:
+        tables.append(("The modality gap: the same model across and within modalities", GAP_HEADER,
+                       modality_gap_rows(content.results, content.modality_gap)))
     return tables
 
 

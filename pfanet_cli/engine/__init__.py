@@ -1,2 +1,2 @@
 """Training: device and precision runtime, batches, the stage loop, checkpoints, run directories and
-the two stages (train-gan, train-joint)."""
+the stages (PFANet's train-gan and train-joint, AGW's train-agw)."""

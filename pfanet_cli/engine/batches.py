@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from pfanet_cli.data.augment import (
-    crop_and_flip,
-    crop_rows_to_unit_range,
-    draw_crop_plan,
+    NONE,
+    Augmentation,
+    augment_on_device,
+    augment_on_host,
+    draw_augment_plan,
     gather_rows,
-    to_unit_range,
 )
 from pfanet_cli.data.prepared import PreparedSplit
 from pfanet_cli.data.sampler import IdentityAlignedSampler
@@ -40,6 +41,11 @@ class Batch:
     rgb: torch.Tensor
     ir: torch.Tensor
     labels: torch.Tensor
+    rgb_second: torch.Tensor | None = None
+    """With ``data.rgb_views: 2``: a second, independently augmented view of every RGB image (CAJ's)."""
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.rgb, self.ir, self.labels, self.rgb_second) if t is not None]
 
 
 @dataclass
@@ -77,19 +83,20 @@ class _CudaSideStream:
         the batch's memory (allocated on the side stream) is used there."""
         current = self.backend.current_stream(self.device)
         current.wait_event(prepared.ready)
-        for tensor in (prepared.batch.rgb, prepared.batch.ir, prepared.batch.labels):
+        for tensor in prepared.batch.tensors():
             tensor.record_stream(current)
 
 
 class _BatchMaker:
-    """Makes one batch at a time: rows from the sampler, a crop plan from the generator, then the
+    """Makes one batch at a time: rows from the sampler, an augmentation plan from the generator, then the
     images on the device. Owns the sampler and generator while a prefetch thread runs."""
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, generator: torch.Generator,
-                 device: torch.device, flip: bool, pad: int, channels_last: bool) -> None:
+                 device: torch.device, flip: bool, pad: int, channels_last: bool,
+                 augmentation: Augmentation = NONE) -> None:
         self.split, self.sampler, self.generator = split, sampler, generator
         self.device, self.flip, self.pad = device, flip, pad
-        self.channels_last = channels_last
+        self.channels_last, self.augmentation = channels_last, augmentation
         self.side_stream = _CudaSideStream(device) if device.type == "cuda" else None
 
     def position(self) -> dict[str, Any]:
@@ -101,27 +108,29 @@ class _BatchMaker:
 
     def make(self) -> _Prepared:
         rgb_rows, ir_rows = self.sampler.next_batch()
-        rows = np.concatenate([rgb_rows, ir_rows])
-        plan = draw_crop_plan(len(rows), self.generator, self.flip, self.pad)
+        rows = np.concatenate([rgb_rows, ir_rows] + [rgb_rows] * (self.augmentation.rgb_views - 1))
+        plan = draw_augment_plan(len(rgb_rows), len(ir_rows), self.split.image_size, self.generator, self.flip,
+                                 self.pad, self.augmentation)
         position = self.position()
         labels = torch.from_numpy(self.split.labels[rgb_rows])
         if self.side_stream is None:
-            images = torch.from_numpy(crop_rows_to_unit_range(self.split.images, rows, plan, self.pad))
+            images = torch.from_numpy(augment_on_host(self.split.images, rows, plan, self.pad))
             return _Prepared(self._batch(images, labels, len(rgb_rows)), position)
         host = gather_rows(self.split.images, rows, pin_memory=self.device.type == "cuda")
         with self.side_stream.work():
             images = host.to(self.device, non_blocking=True)
-            images = to_unit_range(crop_and_flip(images, plan.to(self.device), self.pad))
+            images = augment_on_device(images, plan._replace(crop=plan.crop.to(self.device)), self.pad)
             batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows))
             return _Prepared(batch, position, self.side_stream.record())
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int) -> Batch:
-        """B×H×W×3 -> B×3×H×W, which is already channels-last in memory; made contiguous otherwise."""
+        """B×H×W×3 -> B×3×H×W, which is already channels-last in memory; made contiguous otherwise. Rows: RGB, IR
+        (as many), then the second RGB views when there are two."""
         images = images.permute(0, 3, 1, 2)
         if not self.channels_last:
             images = images.contiguous()
-        rgb, ir = images.split(rgb_count)
-        return Batch(rgb, ir, labels)
+        rgb, ir, *second = images.split(rgb_count)
+        return Batch(rgb, ir, labels, second[0] if second else None)
 
     def hand_over(self, prepared: _Prepared) -> None:
         if self.side_stream is not None:
@@ -185,16 +194,17 @@ class _Prefetcher:
 
 
 class BatchSource:
-    """Identity-aligned batches from a prepared split, augmented and on ``device``: float [-1, 1],
-    channels-last when asked. ``prefetch`` batches are prepared ahead on a background thread (0: each
+    """Identity-aligned batches from a prepared split, augmented (flip, pad + crop, and ``augmentation``) and
+    on ``device``: float [-1, 1], channels-last when asked. ``prefetch`` batches are prepared ahead on a background thread (0: each
     batch is made in :meth:`next`); :meth:`close` stops that thread (the trainer closes its sources).
     ``wait_seconds`` is the time :meth:`next` has spent waiting for batches."""
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, device: torch.device,
-                 flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0) -> None:
+                 flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0,
+                 augmentation: Augmentation = NONE) -> None:
         self.sampler, self.device = sampler, device
         self.generator = torch.Generator().manual_seed(seed)
-        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last)
+        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last, augmentation)
         self._prefetcher = _Prefetcher(self._maker.make, max(prefetch, 1), name="pfanet-batches")
         weakref.finalize(self, self._prefetcher.stop)  # the thread holds no reference to the source
         self.prefetch = prefetch

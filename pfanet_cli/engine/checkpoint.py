@@ -26,11 +26,15 @@ from pfanet_cli.utils.safe_torch import safe_torch_load
 
 CHECKPOINT_FORMAT = "pfanet-checkpoint"
 CHECKPOINT_VERSION = 1
-STAGES = ("train-gan", "train-joint")
+STAGES = ("train-gan", "train-joint", "train-agw")
+GENERATOR_STAGES = ("train-gan", "train-joint")
+"""The stages whose checkpoints hold G_I (what translate needs)."""
+FEATURE_STAGES = ("train-joint", "train-agw")
+"""The stages whose checkpoints extract test features: PFANet's F (with G_I) or AGW's network."""
 ARCHITECTURE_BEFORE_THE_KEY = {"input_norm": "none"}
 """``model`` keys added with a default other than the behaviour before them: a checkpoint written without the
 key was trained this way (F fed [-1, 1] images before ``model.input_norm`` existed)."""
-CHECKPOINT_ADVICE = "use a checkpoint written by pfanet train-gan or train-joint"
+CHECKPOINT_ADVICE = "use a checkpoint written by pfanet train-gan, train-joint or train-agw"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -165,19 +169,22 @@ def check_architecture(payload: dict[str, Any], path: Path, wanted: dict[str, An
         raise CheckpointError(f"{problem}: {'; '.join(differences)}")
 
 
-def restore_networks(path: Path, keys: Iterable[str], purpose: str,
-                     optional: Iterable[str] = ()) -> tuple[dict[str, torch.nn.Module], dict]:
-    """Rebuild the networks ``keys`` (and those of ``optional`` the checkpoint holds) from a checkpoint's
-    architecture arguments alone, load their weights and put them in eval mode. Returns the networks and the
-    checkpoint payload."""
-    keys = tuple(keys)
+def restore_networks(path: Path, keys: Iterable[str], purpose: str) -> tuple[dict[str, torch.nn.Module], dict]:
+    """Rebuild the networks ``keys`` from a checkpoint's architecture arguments alone, load their
+    weights and put them in eval mode. Returns the networks and the checkpoint payload."""
     payload = load_checkpoint(path)
+    return rebuild_networks(payload, path, keys, purpose), payload
+
+
+def rebuild_networks(payload: dict[str, Any], path: Path, keys: Iterable[str],
+                     purpose: str) -> dict[str, torch.nn.Module]:
+    """The networks ``keys`` of a loaded checkpoint (``payload``, read from ``path``), in eval mode."""
+    keys = tuple(keys)
     require_networks(payload, path, keys, purpose)
-    keys = (*keys, *(key for key in optional if key in payload.get("networks", {})))
     config = model_config_from_checkpoint(payload, path)
     networks = build_networks(config, int(payload["num_classes"]), payload["stage"] == "train-joint",
                               load_pretrained=False, keys=keys)
     for key, network in networks.items():
         load_network_state(network, payload["networks"][key], key, path)
         network.eval()
-    return networks, payload
+    return networks

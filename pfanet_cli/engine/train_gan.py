@@ -23,6 +23,7 @@ from pfanet_cli.modeling.build import (
     STAGE_NETWORKS,
     build_networks,
 )
+from pfanet_cli.errors import UsageError
 from pfanet_cli.modeling.losses import cycle_loss, lsgan_loss
 
 
@@ -36,6 +37,9 @@ class GanTrainer(StageTrainer):
         return GAN_ARCHITECTURE
 
     def build(self, fresh: bool) -> StageParts:
+        if self.recipe.model.pixel_alignment == "grey":
+            raise UsageError("model.pixel_alignment=grey has no generator to train: run train-joint directly "
+                             "(it needs no train-gan run)")
         gan = self.recipe.gan
         nets = self.place(build_networks(self.recipe.model, self.split.num_classes, joint_discriminator=False,
                                          keys=STAGE_NETWORKS[self.stage]))

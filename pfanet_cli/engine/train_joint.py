@@ -36,7 +36,7 @@ from pfanet_cli.engine.checkpoint import check_architecture, load_checkpoint, lo
 from pfanet_cli.engine.rundir import newest_finished_gan_checkpoint
 from pfanet_cli.engine.runtime import no_sync, optimise, unwrap
 from pfanet_cli.engine.trainer import Phase, StageParts, StageTrainer
-from pfanet_cli.engine.validation import BEST_NAME, SelectionRecord, Validator
+from pfanet_cli.engine.validation import SelectionRecord, Validator, due, record_validation
 from pfanet_cli.errors import UsageError
 from pfanet_cli.modeling.build import (
     DISC_IR,
@@ -47,6 +47,7 @@ from pfanet_cli.modeling.build import (
     GENERATOR_KEYS,
     GENERATOR_RGB2IR,
     build_networks,
+    stage_networks,
 )
 from pfanet_cli.modeling.extractor import ExtractorOutput
 from pfanet_cli.modeling.losses import cross_modality_triplet, cycle_loss, identity_cross_entropy, lsgan_loss
@@ -54,6 +55,9 @@ from pfanet_cli.utils.console import console, error_console
 
 INIT_GAN_NONE = "none"
 """``--init-gan none``: random generators, on purpose."""
+GREY = "grey"
+"""``model.pixel_alignment: grey``: G_I is a fixed luma conversion; no generator is trained or loaded."""
+GREY_SOURCE = "none: model.pixel_alignment is grey (a fixed luma conversion, no generator)"
 GAN_BATCH = "gan"
 """Name of the G and D steps' batch source."""
 
@@ -116,9 +120,12 @@ class JointTrainer(StageTrainer):
     def build(self, fresh: bool) -> StageParts:
         recipe, joint = self.recipe, self.recipe.joint
         self.validator = Validator(self.data, joint.validate_trials, self.device) if joint.validate_every else None
-        nets = build_networks(recipe.model, self.split.num_classes, joint_discriminator=True, load_pretrained=fresh)
+        nets = build_networks(recipe.model, self.split.num_classes, joint_discriminator=True, load_pretrained=fresh,
+                              keys=stage_networks(recipe.model, self.stage))
         if fresh:
             self.init_gan_source = self._start_generators(nets)
+        if self.grey:
+            return self._grey_parts(nets)
         if joint.triplet_feature == "pooled":
             nets[EXTRACTOR].embedder.requires_grad_(False)  # no loss uses it, and DDP must not wait for it
         nets = self.place(nets, sync_bn=(EXTRACTOR,))
@@ -139,14 +146,41 @@ class JointTrainer(StageTrainer):
             optimizers=optimizers,
             schedulers={key: torch.optim.lr_scheduler.MultiStepLR(opt, [joint.lr_decay_at], joint.lr_decay_factor)
                         for key, opt in optimizers.items()},
-            batches=self.batch_source("joint", joint.ids_per_batch, joint.images_per_id, recipe.data.pad),
+            batches=self.batch_source("joint", joint.ids_per_batch, joint.images_per_id, recipe.data.pad,
+                                      augment=True),
             batch_sources={GAN_BATCH: self.batch_source("joint.gan_batch", gan_batch.ids_per_batch,
                                                         gan_batch.images_per_id, gan_batch.pad, stream=1)},
             pools={"rgb": ImagePool(recipe.gan.pool_size)},
         )
 
+    @property
+    def grey(self) -> bool:
+        return self.recipe.model.pixel_alignment == GREY
+
+    def _grey_parts(self, nets: dict[str, nn.Module]) -> StageParts:
+        """Without the GAN: F alone, on real IR and the luma of RGB, in both phases."""
+        joint = self.recipe.joint
+        if joint.triplet_feature == "pooled":
+            nets[EXTRACTOR].embedder.requires_grad_(False)
+        nets = self.place(nets, sync_bn=(EXTRACTOR,))
+        groups = unwrap(nets[EXTRACTOR]).parameter_groups()
+        extractor = torch.optim.SGD([{"params": groups["backbone"], "lr": joint.lr_backbone},
+                                     {"params": groups["head"], "lr": joint.lr_head}],
+                                    momentum=joint.momentum, nesterov=joint.nesterov, weight_decay=joint.weight_decay)
+        return StageParts(
+            networks=nets, optimizers={"extractor": extractor},
+            schedulers={"extractor": torch.optim.lr_scheduler.MultiStepLR(extractor, [joint.lr_decay_at],
+                                                                          joint.lr_decay_factor)},
+            batches=self.batch_source("joint", joint.ids_per_batch, joint.images_per_id, self.recipe.data.pad,
+                                      augment=True))
+
     def _start_generators(self, nets: dict[str, nn.Module]) -> str:
         """Load G_I and G_R as SPEC §4 says; returns what ``run.yaml`` records as ``init_gan``."""
+        if self.grey:
+            if self.init_gan is not None and str(self.init_gan) != INIT_GAN_NONE:
+                raise UsageError(f"--init-gan {self.init_gan}: model.pixel_alignment=grey has no generator to start "
+                                 "from; leave --init-gan out")
+            return GREY_SOURCE
         path = resolve_init_gan(self.recipe, self.init_gan, announce=self.distributed.is_main)
         if path is None:
             return INIT_GAN_NONE
@@ -186,8 +220,11 @@ class JointTrainer(StageTrainer):
 
     def step(self, phase: str, iteration: int) -> dict[str, torch.Tensor]:
         batch = self.batches.next()
-        if phase == "warmup":
-            return self.feature_step(batch)
+        if phase == "warmup" or self.grey:
+            losses = self.feature_step(batch)
+            if phase == "joint":
+                self.scheds["extractor"].step()
+            return losses
         gan_batch = self.batch_sources[GAN_BATCH].next()
         with self.autocast():
             fake_ir = self.nets[GENERATOR_RGB2IR](gan_batch.rgb)  # its graph waits for the G step
@@ -203,10 +240,10 @@ class JointTrainer(StageTrainer):
         fake IR) of the G/D batch, + the 0.1 adversarial term on D_I(real IR, f(fake IR)), where F runs on the
         fake IR alone, as it does when D_I is trained."""
         weights, nets = self.recipe.joint.loss, self.nets
-        extractor, d_ir = nets[EXTRACTOR], nets[DISC_IR]
+        extractor, d_ir = nets[EXTRACTOR], nets.get(DISC_IR)
         with torch.no_grad(), self.autocast():
             fake_ir = nets[GENERATOR_RGB2IR](batch.rgb)
-        with no_sync(d_ir):
+        with no_sync(*[d for d in (d_ir,) if d is not None]):
             with self.autocast():
                 out = extractor(torch.cat([fake_ir, batch.ir]))
                 fake_vectors, real_vectors = self._triplet_vectors(out).chunk(2)
@@ -279,17 +316,8 @@ class JointTrainer(StageTrainer):
     def end_of_iteration(self, phase: Phase, last: bool) -> None:
         """Every ``joint.validate_every`` iterations and at the end: the val protocol, a ``metrics.jsonl`` row,
         and ``best.pt`` when val mAP is the best so far (rank 0)."""
-        every, global_iteration = self.recipe.joint.validate_every, self.global_iteration()
-        if self.validator is None or not self.distributed.is_main or not (global_iteration % every == 0 or last):
+        if self.validator is None or not self.distributed.is_main or \
+                not due(self.recipe.joint.validate_every, self.global_iteration(), last):
             return
         metrics = self.validator.evaluate(unwrap(self.nets[EXTRACTOR]), unwrap(self.nets[GENERATOR_RGB2IR]))
-        best = self.selection.improves(metrics["mAP"])
-        if best:
-            self.selection.value, self.selection.global_iteration = metrics["mAP"], global_iteration
-        self.run.append_metrics({"stage": self.stage, "phase": phase.name, "phase_order": self.phase_index,
-                                 "iteration": self.iteration, "global_iteration": global_iteration,
-                                 "val": metrics, "best": best})
-        console.print(f"{self.stage} val at {global_iteration}: R1 {metrics['r1']:.2f}  mAP {metrics['mAP']:.2f}"
-                      + (f"  (best so far -> {BEST_NAME})" if best else ""), soft_wrap=True)
-        if best:
-            self.write_selected_checkpoint(self.run.checkpoints / BEST_NAME, self.selection.selection())
+        record_validation(self, phase.name, metrics)

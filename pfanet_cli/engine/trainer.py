@@ -1,4 +1,4 @@
-"""The stage loop shared by train-gan and train-joint, and running a stage end to end.
+"""The stage loop shared by train-gan, train-joint and train-agw, and running a stage end to end.
 
 A stage subclasses :class:`StageTrainer`: it declares its phases, builds its parts in one place
 (:meth:`StageTrainer.build`: networks, optimizers, schedulers, batches, image pools) and implements
@@ -22,7 +22,7 @@ from torch import nn
 
 from pfanet_cli import __version__
 from pfanet_cli.config import Recipe, recipe_to_dict
-from pfanet_cli.data.augment import to_uint8
+from pfanet_cli.data.augment import NONE, Augmentation, to_uint8
 from pfanet_cli.data.datasets import DATASETS
 from pfanet_cli.data.prepared import PreparedData, open_prepared
 from pfanet_cli.data.sampler import IdentityAlignedSampler
@@ -54,6 +54,7 @@ from pfanet_cli.engine.runtime import (
     unwrap,
 )
 from pfanet_cli.errors import DataError, TrainingDiverged
+from pfanet_cli.methods import describe_augmentation, describe_method, require_stage_method
 from pfanet_cli.modeling.build import parameter_counts
 from pfanet_cli.utils.console import console, progress_bar
 from pfanet_cli.utils.plots import save_image_grid
@@ -88,6 +89,8 @@ class StageTrainer:
     """Runs the phases of one stage (see the module docstring)."""
 
     stage = ""
+    sample_titles: tuple[str, ...] = ("RGB", "fake IR", "real IR")
+    """The columns of the sample grids (``last_images``)."""
 
     def __init__(self, recipe: Recipe, run: RunDir, data: PreparedData, device: torch.device,
                  distributed: Distributed, show_progress: bool = True, fresh: bool = True) -> None:
@@ -144,15 +147,20 @@ class StageTrainer:
                                   sync_bn=train.sync_bn and key in sync_bn, compile=train.compile)
                 for key, net in networks.items()}
 
-    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0) -> BatchSource:
+    def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0,
+                     augment: bool = False) -> BatchSource:
         """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors),
         prepared ``train.prefetch`` batches ahead; :meth:`close` stops every source made here. Sources of one
-        stage with different ``stream`` numbers draw different identities and augmentations."""
+        stage with different ``stream`` numbers draw different identities and augmentations. Every source flips
+        (``data.flip``) and pads + crops; ``augment``: also the recipe's erasing, greyscale and channel operations
+        (the batches F learns from, never the generators' and discriminators')."""
         seed, rank = self.recipe.train.seed + STREAM_SEED_STEP * stream, self.distributed.rank
         sampler = IdentityAlignedSampler(self.split.labels, self.split.is_ir, ids_per_batch, images_per_id, seed,
                                          rank, self.distributed.world_size, key=key)
+        augmentation = Augmentation.from_config(self.recipe.data) if augment else NONE
         source = BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
-                             channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch)
+                             channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch,
+                             augmentation=augmentation)
         self.opened_sources.append(source)
         return source
 
@@ -294,7 +302,7 @@ class StageTrainer:
         report(1, None, None)
         if self.distributed.is_main and (global_iteration % train.sample_every == 0 or done):
             name = f"{self.stage}-{phase.name}-{self.iteration:06d}.png"
-            save_sample_grid(self.run.samples / name, self.last_images)
+            save_sample_grid(self.run.samples / name, self.last_images, titles=self.sample_titles)
         self.end_of_iteration(phase, last=done and self.phase_index + 1 == len(self.phases()))
         if global_iteration % train.checkpoint_every == 0:
             self.write_checkpoint(keep=True)
@@ -401,6 +409,7 @@ def check_data_matches_recipe(data: PreparedData, recipe: Recipe) -> None:
 def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list[str], out: Path | None,
               resume: str | None, show_progress: bool = True, **trainer_options: Any) -> StageResult:
     """Set up devices, data and the run directory, then train ``trainer_class`` to the end."""
+    require_stage_method(recipe, trainer_class.stage)
     distributed, device = init_distributed(recipe.train.device)
     run, resume_from = agree_across_ranks(distributed,
                                           lambda: resolve_run(recipe, trainer_class.stage, out, resume))
@@ -420,7 +429,10 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
         elif distributed.is_main:
             run.truncate_metrics(0, 0)  # rows of an attempt killed before its first checkpoint
         if distributed.is_main:
-            initialise_run(run, recipe, trainer_class.stage, overrides, str(device), extra=trainer.run_info())
+            described = {"method": describe_method(recipe),
+                         "augmentation": describe_augmentation(recipe, trainer_class.stage)}
+            initialise_run(run, recipe, trainer_class.stage, overrides, str(device),
+                           extra={**described, **trainer.run_info()})
             ranks = f" x {distributed.world_size} processes ({distributed.backend})" if distributed.enabled else ""
             precision = describe_precision(device, trainer.amp, recipe.train.tf32)
             console.print(f"[bold]{trainer_class.stage}[/] on {device}{ranks}, {precision} -> {run.path}")
@@ -431,4 +443,5 @@ def run_stage(trainer_class: type[StageTrainer], recipe: Recipe, overrides: list
 def stage_parameter_counts(recipe: Recipe, stage: str) -> dict[str, int]:
     """Parameter counts of every network ``stage`` builds for ``recipe`` (classifier sized for the dataset's
     default training split), without data or pretrained weights."""
+    require_stage_method(recipe, stage)
     return parameter_counts(recipe.model, DATASETS[recipe.data.dataset].train_classes, stage)

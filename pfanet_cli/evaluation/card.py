@@ -16,26 +16,38 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pfanet_cli import __version__
+from pfanet_cli.config import Recipe, build_recipe
 from pfanet_cli.data import llcm, regdb, sysu
+from pfanet_cli.errors import UsageError
+from pfanet_cli.methods import describe_augmentation, describe_method
 
 PROTOCOL_FIELDS = ("dataset", "split", "sampler", "trials", "shot", "mode", "direction", "camera_rule",
-                   "deduplication", "rerank", "flip", "feature", "checkpoint", "features_file", "toolkit")
+                   "deduplication", "rerank", "flip", "feature", "method", "augmentation", "checkpoint",
+                   "features_file", "toolkit")
 """Every field a card may hold, in the order it is shown."""
-SOURCE_FIELDS = ("split", "flip", "feature", "checkpoint")
+SOURCE_FIELDS = ("split", "flip", "feature", "method", "augmentation", "checkpoint")
 NOT_STATED = "not recorded"
-TITLES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM"}
+TITLES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM",
+          "sysu-same-modality": "SYSU-MM01 layout, same-modality diagnostic (not the SYSU-MM01 protocol)"}
 CAMERA_RULES = {
     "sysu": "a cam3 (IR) query never sees cam2 gallery images (same room), whatever the identity; "
             "nothing else is removed",
     "regdb": "none (one visible and one thermal camera)",
     "llcm": "gallery images of the query's identity taken by the query's camera (the same camera number in "
             "either modality) are removed, as the reference eval_llcm does",
+    "sysu-same-modality": "gallery images of the query's identity taken by the query's own camera are removed, so a "
+                          "match must come from another camera of the same modality",
 }
 DEDUPLICATION = {
     "sysu": "CMC counts each identity once, at its first occurrence; mAP and mINP on the junk-filtered list",
     "regdb": "none: image-level CMC",
     "llcm": "CMC counts each identity once, at its first occurrence; mAP and mINP on the junk-filtered list",
+    "sysu-same-modality": "CMC counts each identity once, at its first occurrence; mAP and mINP on the "
+                          "junk-filtered list",
 }
+MODES = {"all": "all-search (gallery cameras 1, 2, 4, 5)", "indoor": "indoor-search (gallery cameras 1, 2)",
+         "ir->ir": "IR queries (cameras 3, 6) against an IR gallery (cameras 3, 6)",
+         "rgb->rgb": "RGB queries (cameras 1, 2, 4, 5) against an RGB gallery (cameras 1, 2, 4, 5)"}
 SAMPLERS = {
     "official": "official: rows of rand_perm_cam.mat (the SYSU-MM01 MATLAB evaluation's galleries)",
     "agw": "agw: random.seed(trial), ids ascending, cameras in order, random.choice over sorted files "
@@ -54,6 +66,15 @@ DIRECTIONS = {
 }
 FEATURE = "pooled v: F's global-average-pooled feature map (after layer4 and MMM), the SPEC §3 test feature"
 FLIP = "flip-summed: v(image) + v(horizontally flipped image), then L2-normalised"
+AGW_FEATURES = {
+    "fc": "fc: AGW's BN-neck output (BatchNorm1d of the pooled feature map), L2-normalised",
+    "pool": "pool: AGW's pooled feature map (GeM or average, as trained), L2-normalised",
+}
+AGW_FLIP = {
+    False: "not flipped (AGW's test.py); RGB images through the visible stem, IR through the thermal stem",
+    True: "mean of the L2-normalised features of the image and of its horizontal flip, L2-normalised (CAJ's "
+          "testa.py); RGB images through the visible stem, IR through the thermal stem",
+}
 
 
 def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None = None, mode: str | None = None,
@@ -65,8 +86,7 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
         card["shot"] = {"single": "single-shot (1 image per identity and camera)",
                         "multi": "multi-shot (10 images per identity and camera)"}.get(shot, shot)
     if mode is not None:
-        card["mode"] = {"all": "all-search (gallery cameras 1, 2, 4, 5)",
-                        "indoor": "indoor-search (gallery cameras 1, 2)"}.get(mode, mode)
+        card["mode"] = MODES.get(mode, mode)
     if direction is not None:
         card["direction"] = DIRECTIONS.get(direction, direction)
     card["camera_rule"] = CAMERA_RULES[dataset]
@@ -77,18 +97,32 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
 
 
 def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate: bool,
-                          split: str | None = None) -> dict[str, Any]:
-    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload)."""
+                          split: str | None = None, agw_test: tuple[str, bool] | None = None) -> dict[str, Any]:
+    """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload);
+    ``agw_test``: the (vector, flip) of an AGW network's features."""
     recipe = payload.get("recipe") or {}
-    triplet = (recipe.get("joint") or {}).get("triplet_feature")
-    feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
-    flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
-    source = {"flip": flip, "feature": feature,
+    if agw_test is not None:
+        feature, flip = AGW_FEATURES[agw_test[0]], AGW_FLIP[agw_test[1]]
+    else:
+        triplet = (recipe.get("joint") or {}).get("triplet_feature")
+        feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
+        flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
+    source = {"flip": flip, "feature": feature, **training_description(recipe, payload.get("stage")),
               "checkpoint": {"path": str(checkpoint), "chosen": checkpoint_choice(payload),
                              "stage": payload.get("stage"), "iteration": payload.get("iteration")}}
     if split is not None:
         source["split"] = split
     return source
+
+
+def training_description(recipe: Mapping[str, Any], stage: str | None) -> dict[str, str]:
+    """The card's ``method`` and ``augmentation`` from a checkpoint's stored recipe (keys it lacks take their
+    defaults, which is what the code that wrote it did); nothing when the recipe is not understood."""
+    try:
+        parsed: Recipe = build_recipe(dict(recipe), "the checkpoint's recipe")
+    except (UsageError, TypeError, ValueError):
+        return {}
+    return {"method": describe_method(parsed), "augmentation": describe_augmentation(parsed, stage)}
 
 
 def checkpoint_choice(payload: Mapping[str, Any]) -> str:

@@ -1,10 +1,13 @@
-"""``extract``: the SPEC §3 test feature of every image of a prepared split or an image folder.
+"""``extract``: the test feature of every image of a prepared split or an image folder.
 
-The feature is F's GAP vector of the image plus that of its horizontal flip, L2-normalised; RGB
-images are first translated to fake IR by G_I (in test mode, ``modeling/test_feature.py``) unless
-``translate`` is off; IR images go in as they are. Images are read in batches from the memory-mapped
-prepared array. The model is a checkpoint run with PyTorch, or an ONNX export run with onnxruntime
-(``inference/``): the same numbers either way, to the export's parity tolerance.
+PFANet (a train-joint checkpoint): F's GAP vector of the image plus that of its horizontal flip,
+L2-normalised (SPEC §3); RGB images are first translated to fake IR by G_I (eval mode) unless ``translate``
+is off; IR images go in as they are. AGW (a train-agw checkpoint): RGB images go through the visible stem
+and IR images through the thermal stem, and the feature is AGW's fc or pool vector, L2-normalised, flipped
+or not (``agw.test_feature``, ``agw.test_flip``). Images are read in batches from the memory-mapped
+prepared array. The model is a checkpoint run with PyTorch (``inference/feature_model.py``, G_I in
+test mode), or an ONNX export of a PFANet checkpoint run with onnxruntime: the same numbers either way, to
+the export's parity tolerance.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from pfanet_cli.utils.images import BadImage, list_images, load_rgb
 
 def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, split: str = "test",
                   translate: bool = True, batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                  on_progress: Progress | None = None, onnx: Path | None = None) -> FeatureSet:
+                  on_progress: Progress | None = None, feature: str | None = None,
+                  onnx: Path | None = None) -> FeatureSet:
     """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
     the prepared data's official permutation file when it has one. ``data``: an opened prepared folder
-    or its path. ``onnx``: an export folder of ``pfanet export`` run with onnxruntime instead of a checkpoint."""
-    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root)
+    or its path. ``feature``: AGW's test vector instead of its recipe's (``fc`` or ``pool``). ``onnx``: an
+    export folder of ``pfanet export`` run with onnxruntime instead of a checkpoint."""
+    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root,
+                               feature=feature)
     if not isinstance(data, PreparedData):
         data = open_prepared(data)
     rows = data.split(split)
@@ -48,7 +54,8 @@ def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, spli
 
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
-                   on_progress: Progress | None = None, onnx: Path | None = None) -> FeatureSet:
+                   on_progress: Progress | None = None, feature: str | None = None,
+                   onnx: Path | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
     (``auto``: from the camera in the path)."""
@@ -69,7 +76,8 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
         is_rgb = np.array([parts[2] == "rgb" for parts in parsed])
     else:
         is_rgb = np.full(len(files), modality == "rgb")
-    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root)
+    model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root,
+                               feature=feature)
     images = np.empty((len(files), *model.image_size, 3), dtype=np.uint8)
     for row, path in enumerate(files):
         try:

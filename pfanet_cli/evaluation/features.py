@@ -10,7 +10,8 @@ A ``.npz`` (no pickled objects) with
 * optional ``perm_mat``: the raw bytes of the official ``rand_perm_cam.mat`` as a uint8 vector, so
   the file carries the official gallery permutations and needs nothing else;
 * optional ``provenance``: one JSON string saying how the features were made (the source half of the
-  protocol card, ``evaluation/card.py``: split, flip, feature, checkpoint); read by :func:`read_provenance`.
+  protocol card, ``evaluation/card.py``: split, flip, feature, method, augmentation, checkpoint); read by
+  :func:`read_provenance`.
 
 For SYSU-MM01 it holds every test image of both modalities (queries and every gallery candidate).
 """

@@ -86,6 +86,8 @@ class EvalResult:
     def setting(self) -> str:
         if self.dataset == "sysu":
             return f"{self.mode}/{self.shot}"
+        if self.dataset == "sysu-same-modality":
+            return self.mode
         return f"{self.dataset} {self.mode}"
 
     def to_json_dict(self) -> dict:
@@ -171,7 +173,7 @@ def _trial_summary(outcome: TrialOutcome, max_rank: int) -> tuple[dict[str, floa
     return metrics, cmc[:max_rank] * 100.0, nvalid
 
 
-def _result(dataset: str, mode: str, shot: str, sampler: str, outcomes: Sequence[TrialOutcome],
+def result_of_trials(dataset: str, mode: str, shot: str, sampler: str, outcomes: Sequence[TrialOutcome],
             num_query: int | float, gallery_sizes: Sequence[int], max_rank: int, card: dict) -> EvalResult:
     per_trial, curves, valid_counts = [], [], []
     for outcome in outcomes:
@@ -187,7 +189,7 @@ def _result(dataset: str, mode: str, shot: str, sampler: str, outcomes: Sequence
     )
 
 
-def _check_max_rank(max_rank: int) -> int:
+def check_max_rank(max_rank: int) -> int:
     if int(max_rank) < 1:
         raise UsageError(f"--max-rank must be at least 1, got {max_rank}")
     return int(max_rank)
@@ -214,7 +216,7 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
         raise DataError("the SYSU-MM01 protocol needs the image paths to sample the gallery")
     _check_cameras(camids, ALL_CAMERAS, "SYSU-MM01")
     _check_unique_paths(paths)
-    max_rank = _check_max_rank(max_rank)
+    max_rank = check_max_rank(max_rank)
     check_trials(trials)
     perm = load_perm(perm)
     for mode, shot in settings:
@@ -236,8 +238,8 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
                                    memory_budget=memory_budget) for g in gals] for *_, gals in plans]
     described = rerank.describe() if rerank else None
     results = [
-        _result("sysu", mode, shot, used, setting, len(queries), [len(g) for g in gals], max_rank,
-                protocol_card("sysu", sampler=used, trials=trials, shot=shot, mode=mode, rerank=described))
+        result_of_trials("sysu", mode, shot, used, setting, len(queries), [len(g) for g in gals], max_rank,
+                         protocol_card("sysu", sampler=used, trials=trials, shot=shot, mode=mode, rerank=described))
         for (mode, shot, used, gals), setting in zip(plans, parts)
     ]
     for result in results:
@@ -308,7 +310,7 @@ def evaluate_regdb(features, pids, camids, *, direction: str = "v2t", max_rank: 
     """The RegDB protocol for one split: nothing removed, image-level CMC, mAP, mINP."""
     feats, pids, camids, _ = check_arrays(features, pids, camids)
     _check_cameras(camids, regdb.CAMERAS, "RegDB")
-    max_rank = _check_max_rank(max_rank)
+    max_rank = check_max_rank(max_rank)
     queries, gallery = regdb_rows(camids, direction)
     if queries.size == 0 or gallery.size == 0:
         missing = "query" if queries.size == 0 else "gallery"
@@ -324,7 +326,8 @@ def evaluate_regdb(features, pids, camids, *, direction: str = "v2t", max_rank: 
                                      memory_budget=memory_budget)]
     card = protocol_card("regdb", sampler="none", trials=1, direction=direction,
                          rerank=rerank.describe() if rerank else None)
-    return _result("regdb", direction, "all", "none", outcomes, len(queries), [len(gallery)], max_rank, card)
+    return result_of_trials("regdb", direction, "all", "none", outcomes, len(queries), [len(gallery)], max_rank,
+                            card)
 
 
 def evaluate_llcm(features, pids, camids, paths, *, direction: str = "ir2vis", trials: int = 10, max_rank: int = 20,
@@ -336,7 +339,7 @@ def evaluate_llcm(features, pids, camids, paths, *, direction: str = "ir2vis", t
         raise DataError("the LLCM protocol needs the image paths to draw the trials' images")
     _check_cameras(camids, llcm.CAMERAS, "LLCM")
     _check_unique_paths(paths)
-    max_rank = _check_max_rank(max_rank)
+    max_rank = check_max_rank(max_rank)
     drawn = sample_llcm(pids, camids, paths, direction=direction, trials=trials)
     fixed = np.flatnonzero(np.isin(camids, llcm.TEST_NIR_CAMERAS if direction == "ir2vis" else llcm.VIS_CAMERAS))
     for what, rows in (("NIR", fixed if direction == "ir2vis" else drawn[0]),
@@ -357,8 +360,9 @@ def evaluate_llcm(features, pids, camids, paths, *, direction: str = "ir2vis", t
         outcomes = _llcm_drawn_queries(feats, pids, camids, drawn, fixed, memory_budget)
     card = protocol_card("llcm", sampler="llcm-seeded", trials=trials, direction=direction,
                          rerank=rerank.describe() if rerank else None)
-    return _result("llcm", direction, "single", "llcm-seeded", outcomes, _mean_or_int([len(q) for q, _ in trial_sets]),
-                   [len(g) for _, g in trial_sets], max_rank, card)
+    return result_of_trials("llcm", direction, "single", "llcm-seeded", outcomes,
+                            _mean_or_int([len(q) for q, _ in trial_sets]), [len(g) for _, g in trial_sets], max_rank,
+                            card)
 
 
 def _llcm_drawn_queries(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, drawn: Sequence[np.ndarray],

@@ -19,6 +19,9 @@ Rules restated:
   1..9 (ir2vis: the gallery; queries are every NIR image of cameras 1, 2, 4..9) or the NIR cameras 1, 2,
   4..9 (vis2ir: the drawn images are the queries; the gallery is every visible image). A gallery image of
   the query's person from the query's camera number is junk. CMC as SYSU's.
+* Same-modality diagnostic (``same_modality.py``): queries are every image of one modality's cameras (IR: 3, 6;
+  RGB: 1, 2, 4, 5); the gallery per trial is drawn from the same cameras as AGW draws SYSU's; a gallery image of
+  the query's person from the query's camera is junk. CMC as SYSU's.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def _folders(pids, camids, paths, cameras):
     return folders
 
 
-def reference_agw_galleries(pids, camids, paths, mode, shot, trials):
+def reference_agw_galleries(pids, camids, paths, mode, shot, trials, cameras=None):
     """AGW's process_gallery_sysu: seed the trial, ids ascending, cameras in order, sorted files."""
-    cameras = [1, 2, 4, 5] if mode == "all" else [1, 2]
+    if cameras is None:
+        cameras = [1, 2, 4, 5] if mode == "all" else [1, 2]
     folders = _folders(pids, camids, paths, cameras)
     galleries = []
     for trial in range(trials):
@@ -91,7 +95,7 @@ def query_outcome(query_vector, query_pid, query_cam, gallery, gallery_vectors, 
     ranked = gallery[np.argsort(-sims, kind="stable")]
     if rule == "sysu" and query_cam == 3:
         ranked = ranked[camids[ranked] != 2]
-    if rule == "llcm":
+    if rule in ("llcm", "same_camera"):  # LLCM's camera numbers are camid % 10 (SYSU's: camid)
         junk = (pids[ranked] == query_pid) & (camids[ranked] % 10 == query_cam % 10)
         ranked = ranked[~junk]
     ranked_pids = pids[ranked]
@@ -99,7 +103,7 @@ def query_outcome(query_vector, query_pid, query_cam, gallery, gallery_vectors, 
     if not matches.any():
         return None
     first = int(np.argmax(matches))
-    if rule in ("sysu", "llcm"):
+    if rule in ("sysu", "llcm", "same_camera"):
         cmc_rank = len(set(ranked_pids[:first].tolist())) + 1  # identities before the first match, once each
     else:
         cmc_rank = first + 1
@@ -193,3 +197,15 @@ def reference_llcm(features, pids, camids, paths, *, direction="ir2vis", trials=
     summary = _summary(results, [gallery for _, gallery in trial_sets], np.mean([len(q) for q, _ in trial_sets]))
     summary["draws"] = draws
     return summary
+
+
+def reference_same_modality(features, pids, camids, paths, *, modality="ir", trials=10, max_rank=20):
+    pids = [int(p) for p in pids]
+    camids = [int(c) for c in camids]
+    paths = [str(p) for p in paths]
+    cameras = [3, 6] if modality == "ir" else [1, 2, 4, 5]
+    query_rows = [row for row in range(len(pids)) if camids[row] in cameras]
+    galleries = reference_agw_galleries(pids, camids, paths, None, "single", trials, cameras=cameras)
+    results = [reference_trial(features, pids, camids, query_rows, g, rule="same_camera", max_rank=max_rank)
+               for g in galleries]
+    return _summary(results, galleries, len(query_rows))

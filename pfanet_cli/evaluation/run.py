@@ -31,6 +31,7 @@ from pfanet_cli.evaluation.protocols import (
     write_results_json,
 )
 from pfanet_cli.evaluation.rerank import RerankConfig
+from pfanet_cli.evaluation.same_modality import evaluate_same_modality
 from pfanet_cli.utils.console import console
 from pfanet_cli.utils.images import ImageLoader, raw_image_loader
 from pfanet_cli.utils.plots import save_cmc_plot, save_ranked_lists
@@ -41,7 +42,8 @@ DIRECTIONS = {"regdb": regdb.DIRECTIONS, "llcm": llcm.DIRECTIONS}
 BOTH = "both"
 # the datasets whose protocol reads each dataset-specific option of `pfanet evaluate`
 OPTION_DATASETS = {"--mode": ("sysu",), "--shot": ("sysu",), "--sampler": ("sysu",), "--perm-file": ("sysu",),
-                   "--trials": ("sysu", "llcm"), "--direction": ("regdb", "llcm")}
+                   "--trials": ("sysu", "llcm"), "--direction": ("regdb", "llcm"), "--same-modality": ("sysu",)}
+SAME_MODALITY_TITLE = "same-modality diagnostic (not the SYSU-MM01 protocol; never part of its numbers)"
 BUNDLED = "the copy shipped with pfanet (pfanet_cli/resources/rand_perm_cam.mat, the real SYSU-MM01's)"
 
 
@@ -81,7 +83,7 @@ def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_di
                     dataset: str | None, device: str | None, runs_root: Path = Path("runs"),
                     options_given: Sequence[str] = ()) -> EvaluationSource:
     """The features to evaluate: ``features_file``, or else extracted with ``checkpoint`` (the newest
-    train-joint checkpoint under ``runs_root`` when None) from the prepared folder. ``options_given`` (the
+    train-joint or train-agw checkpoint under ``runs_root`` when None) from the prepared folder. ``options_given`` (the
     dataset-specific options on the command line) are checked against the dataset before any extraction."""
     if features_file is not None:
         features = load_features(features_file)
@@ -98,14 +100,14 @@ def open_evaluation(features_file: Path | None, checkpoint: Path | None, data_di
 
 
 def _checkpoint_to_extract(checkpoint: Path | None, runs_root: Path) -> Path:
-    """``checkpoint``, or the newest train-joint one (named in the error when there is none, with the
-    features-file alternative); it must exist."""
-    from pfanet_cli.engine.checkpoint import existing_checkpoint  # heavy: torch, only needed to extract
+    """``checkpoint``, or the newest train-joint or train-agw one (named in the error when there is none, with
+    the features-file alternative); it must exist."""
+    from pfanet_cli.engine.checkpoint import FEATURE_STAGES, existing_checkpoint  # heavy: torch, only to extract
     from pfanet_cli.engine.rundir import newest_checkpoint  # heavy: torch, only needed to extract
 
     if checkpoint is None:
         try:
-            checkpoint = newest_checkpoint(runs_root, ("train-joint",), "extract")
+            checkpoint = newest_checkpoint(runs_root, FEATURE_STAGES, "extract")
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; or evaluate a features file with --features F.npz") from exc
     existing_checkpoint(checkpoint)
@@ -191,6 +193,29 @@ def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mod
     return results
 
 
+def evaluate_source_same_modality(source: EvaluationSource, *, trials: int = 10,
+                                  max_rank: int = 20) -> list[EvalResult]:
+    """The same-modality diagnostic (IR->IR, RGB->RGB; ``same_modality.py``) of a SYSU-MM01 source, with the
+    source half of the card."""
+    fs = source.features
+    results = evaluate_same_modality(fs.features, fs.pids, fs.camids, fs.paths, trials=trials, max_rank=max_rank)
+    attach_source(results, source_card(source))
+    return results
+
+
+def report_same_modality(source: EvaluationSource, *, trials: int = 10, max_rank: int = 20,
+                         json_out: Path | None = None) -> list[EvalResult]:
+    """``evaluate --same-modality``: the diagnostic's own table and card, and ``<json name>_same_modality.json``
+    beside the protocol's JSON, never inside it."""
+    diagnostic = evaluate_source_same_modality(source, trials=trials, max_rank=max_rank)
+    print_results(diagnostic, title=f"{SAME_MODALITY_TITLE}, agw sampler, {trials} trials")
+    if json_out is not None:
+        written = write_results_json(json_out.with_name(json_out.stem + "_same_modality.json"), diagnostic,
+                                     as_list=True)
+        console.print(f"same-modality diagnostic written to {written}")
+    return diagnostic
+
+
 def directions(dataset: str, direction: str | None, all_settings: bool = False) -> list[str]:
     """The directions asked for: ``both`` (or ``--all-settings``) gives the dataset's two, None its first."""
     choices = DIRECTIONS[dataset]
@@ -201,10 +226,12 @@ def directions(dataset: str, direction: str | None, all_settings: bool = False) 
 
 
 def source_card(source: EvaluationSource) -> dict:
-    """The source half of the protocol card: split, flip, feature, checkpoint and the features file."""
+    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint and the
+    features file."""
     fs = source.features
     provenance = fs.provenance or {}
-    card = {key: provenance[key] for key in ("flip", "feature", "checkpoint") if key in provenance}
+    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint")
+            if key in provenance}
     card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
     if fs.source is not None:
         card["features_file"] = str(fs.source)

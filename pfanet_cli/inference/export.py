@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pfanet_cli import __version__
-from pfanet_cli.errors import DataError, PfanetError, UsageError
+from pfanet_cli.errors import CheckpointError, DataError, PfanetError, UsageError
 from pfanet_cli.evaluation.card import checkpoint_choice
 from pfanet_cli.inference.extras import require_extra
 from pfanet_cli.inference.feature_model import CheckpointModel
@@ -94,6 +94,9 @@ def export_model(checkpoint: Path, out: Path, path: str = "both", *, opset: int 
     out = Path(out)
     _check_out(out)
     model = CheckpointModel(checkpoint, translate="rgb" in paths, device="cpu", purpose="export")
+    if model.is_agw:
+        raise CheckpointError(f"{checkpoint} is an AGW checkpoint (train-agw); pfanet export records PFANet's test "
+                              "feature (F, and G_I for RGB): use a train-joint checkpoint")
     evaluation = _evaluation_record(model, results)
     images = parity_images(model.image_size, num_images, data, split)
     recover_interrupted_folder(out)

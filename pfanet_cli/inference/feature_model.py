@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pfanet_cli.data.augment import to_unit_range
-from pfanet_cli.engine.checkpoint import restore_networks
+from pfanet_cli.engine.checkpoint import load_checkpoint, rebuild_networks
+from pfanet_cli.errors import UsageError
 from pfanet_cli.evaluation.card import extraction_provenance
-from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR
-from pfanet_cli.modeling.extractor import extract_test_features
+from pfanet_cli.modeling.build import AGW, EXTRACTOR, GENERATOR_RGB2IR
 from pfanet_cli.modeling.test_feature import set_test_mode
 from pfanet_cli.utils.digest import file_sha256
 
@@ -29,7 +29,9 @@ Progress = Callable[[int, int], None]
 def compute_features(extractor: nn.Module, generator: nn.Module | None, images: np.ndarray, is_rgb: np.ndarray,
                      model_size: tuple[int, int], batch_size: int = 64, device: str | torch.device = "cpu",
                      on_progress: Progress | None = None) -> np.ndarray:
-    """Features (float32 N×D) of ``images`` (N×H×W×3 uint8, may be memory-mapped).
+    """Features (float32 N×D) of ``images`` (N×H×W×3 uint8, may be memory-mapped): the network's
+    ``test_features`` (PFANet's F or AGW's network; AGW sends the rows marked ``is_rgb`` through its
+    visible stem).
 
     Rows marked ``is_rgb`` pass through ``generator`` first when one is given. Images of another
     size than the model's are resized (bilinear, antialiased) on the fly.
@@ -46,7 +48,7 @@ def compute_features(extractor: nn.Module, generator: nn.Module | None, images: 
         if generator is not None and bool(rgb.any()):
             batch[rgb] = generator(batch[rgb])
         batch = batch.contiguous(memory_format=torch.channels_last)  # oneDNN: F runs ~1.5x faster on CPU
-        chunks.append(extract_test_features(extractor, batch).cpu().numpy().astype(np.float32))
+        chunks.append(extractor.test_features(batch, rgb).cpu().numpy().astype(np.float32))
         if on_progress:
             on_progress(min(batch_size, len(images) - start), len(images))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
@@ -85,28 +87,54 @@ class FeatureModel(ABC):
         """One line for the screen: the checkpoint or export."""
 
 
+def load_feature_networks(checkpoint: Path, translate: bool, feature: str | None = None, purpose: str = "extract",
+                          require_rgb: bool = True) -> tuple[nn.Module, nn.Module | None, dict]:
+    """The feature network of a checkpoint in eval mode, with G_I when RGB images are to be translated (PFANet's
+    F), or AGW's network set to its recipe's test feature (``feature``, ``fc`` or ``pool``, overrides it); and
+    the checkpoint's payload. ``require_rgb`` off: a PFANet checkpoint without G_I gives no generator instead of
+    an error (exit 4)."""
+    payload = load_checkpoint(checkpoint)
+    if payload.get("stage") == "train-agw":
+        net = rebuild_networks(payload, Path(checkpoint), [AGW], purpose)[AGW]
+        options = (payload.get("recipe") or {}).get("agw") or {}
+        net.configure_test(feature or options.get("test_feature", "fc"), bool(options.get("test_flip", False)))
+        return net, None, payload
+    if feature not in (None, "pool"):
+        raise UsageError(f"--feature {feature}: {checkpoint} is PFANet's ({payload.get('stage')}), whose test feature "
+                         "is F's pooled vector v (pool); fc is AGW's BN-neck")
+    keys = [EXTRACTOR]
+    if translate and (require_rgb or GENERATOR_RGB2IR in payload.get("networks", {})):
+        keys.append(GENERATOR_RGB2IR)
+    networks = rebuild_networks(payload, Path(checkpoint), keys, purpose)
+    return networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), payload
+
+
 class CheckpointModel(FeatureModel):
-    """F (and G_I for the RGB path) restored from a pfanet checkpoint, run with PyTorch on ``device``."""
+    """A checkpoint run with PyTorch on ``device``: PFANet's F (and G_I for the RGB path) of a train-joint
+    checkpoint, or AGW's two-stream network of a train-agw one (RGB through its visible stem)."""
 
     def __init__(self, checkpoint: Path, translate: bool = True, device: str = "cpu",
-                 purpose: str = "extract", require_rgb: bool = True) -> None:
-        """``require_rgb``: a checkpoint without G_I is an error (exit 4) when ``translate`` is on; otherwise
-        the model has no RGB path (:attr:`has_rgb_path`) and the caller decides."""
+                 purpose: str = "extract", require_rgb: bool = True, feature: str | None = None) -> None:
+        """``require_rgb``: a PFANet checkpoint without G_I is an error (exit 4) when ``translate`` is on;
+        otherwise the model has no RGB path (:attr:`has_rgb_path`) and the caller decides. ``feature``: AGW's
+        test vector instead of its recipe's."""
         self.checkpoint = Path(checkpoint)
-        required = [EXTRACTOR, GENERATOR_RGB2IR] if translate and require_rgb else [EXTRACTOR]
-        optional = [GENERATOR_RGB2IR] if translate and not require_rgb else []
-        networks, self.payload = restore_networks(self.checkpoint, required, purpose, optional)
+        self.extractor, self.generator, self.payload = load_feature_networks(self.checkpoint, translate, feature,
+                                                                             purpose, require_rgb)
         self.device = device
-        self.extractor = networks[EXTRACTOR].to(device)
-        self.generator = networks.get(GENERATOR_RGB2IR)
+        self.extractor.to(device)
         if self.generator is not None:
             self.generator.to(device)
         self.translate = translate
         self.image_size = tuple(int(v) for v in self.payload["image_size"])
 
     @property
+    def is_agw(self) -> bool:
+        return self.payload.get("stage") == "train-agw"
+
+    @property
     def has_rgb_path(self) -> bool:
-        return self.generator is not None
+        return self.generator is not None or self.is_agw
 
     def features(self, images: np.ndarray, is_rgb: np.ndarray, batch_size: int = 64,
                  on_progress: Progress | None = None) -> np.ndarray:
@@ -114,13 +142,16 @@ class CheckpointModel(FeatureModel):
                                 self.device, on_progress)
 
     def provenance(self, split: str | None = None) -> dict[str, Any]:
-        return extraction_provenance(str(self.checkpoint), self.payload, self.translate, split)
+        """The card's source half (AGW's: with the test vector and flip it used)."""
+        agw = (self.extractor.test_vector, self.extractor.test_flip) if self.is_agw else None
+        return extraction_provenance(str(self.checkpoint), self.payload, self.translate and agw is None, split,
+                                     agw_test=agw)
 
     @cached_property
     def fingerprint(self) -> str:
-        return f"checkpoint sha256 {file_sha256(self.checkpoint)}"
+        agw = f" ({self.extractor.test_vector}, flip {self.extractor.test_flip})" if self.is_agw else ""
+        return f"checkpoint sha256 {file_sha256(self.checkpoint)}{agw}"
 
     @property
     def description(self) -> str:
         return f"checkpoint {self.checkpoint}"
-

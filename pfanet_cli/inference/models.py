@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pfanet_cli.engine.checkpoint import FEATURE_STAGES
 from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import UsageError
 from pfanet_cli.inference.feature_model import CheckpointModel, FeatureModel
@@ -12,12 +13,15 @@ from pfanet_cli.inference.onnx_model import OnnxModel
 
 def open_feature_model(checkpoint: Path | None, onnx: Path | None = None, *, translate: bool = True,
                        device: str = "cpu", runs_root: Path = Path("runs"), purpose: str = "extract",
-                       require_rgb: bool = True) -> FeatureModel:
-    """The export folder ``onnx``, else ``checkpoint``, else the newest train-joint checkpoint under
-    ``runs_root``. ``require_rgb``: a model without G_I is an error when ``translate`` is on."""
+                       require_rgb: bool = True, feature: str | None = None) -> FeatureModel:
+    """The export folder ``onnx``, else ``checkpoint``, else the newest train-joint or train-agw checkpoint under
+    ``runs_root``. ``require_rgb``: a model without G_I is an error when ``translate`` is on. ``feature``: AGW's
+    test vector (checkpoints only)."""
     if onnx is not None and checkpoint is not None:
         raise UsageError("give --checkpoint or --onnx, not both")
     if onnx is not None:
+        if feature is not None:
+            raise UsageError("--feature chooses an AGW checkpoint's test vector; an ONNX export has its feature built in")
         return OnnxModel(Path(onnx), translate=translate, device=device, require_rgb=require_rgb)
-    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, ("train-joint",), purpose)
-    return CheckpointModel(checkpoint, translate, device, purpose, require_rgb)
+    checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, FEATURE_STAGES, purpose)
+    return CheckpointModel(checkpoint, translate, device, purpose, require_rgb, feature)

@@ -142,6 +142,11 @@ class FeatureExtractor(nn.Module):
         """v = GAP of the final feature map, without the heads (test-time extraction)."""
         return self.feature_map(x).mean(dim=(2, 3))
 
+    def test_features(self, images: Tensor, is_visible: Tensor) -> Tensor:
+        """The SPEC §3 test feature of a batch whose RGB rows the caller has translated with G_I
+        (:func:`extract_test_features`); ``is_visible`` plays no part (one network for both modalities)."""
+        return extract_test_features(self, images)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``backbone``: ResNet + BNG + MMM (SGD lr 0.02); ``head``: classifier + embedder (lr 0.2)."""
         backbone: list[nn.Parameter] = list(self.backbone.parameters())

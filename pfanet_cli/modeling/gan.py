@@ -51,6 +51,20 @@ class _GeneratorResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class GreyGenerator(nn.Module):
+    """G_I of ``model.pixel_alignment: grey``, the ablation without the GAN: an RGB image in [-1, 1] becomes its
+    luma (ITU-R BT.601 weights 0.299, 0.587, 0.114, which sum to 1, so [-1, 1] stays [-1, 1]) in all three
+    channels, as an IR camera's images are stored. Fixed: no parameters, nothing to train, an empty state dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = (x * self.weights.to(x.dtype)).sum(dim=1, keepdim=True)
+        return grey.repeat(1, 3, 1, 1)
+
+
 class ResnetGenerator(nn.Module):
     """G_I (RGB→IR) or G_R (IR→RGB): conv7x7 (C) → two stride-2 4x4 convs (2C, 4C) → residual blocks at 4C →
     two stride-2 4x4 transposed convs (2C, C) → conv7x7 → 3, tanh. Images in [-1, 1]; the output has exactly the

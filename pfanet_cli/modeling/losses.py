@@ -1,5 +1,6 @@
 """The losses of PFANet (SPEC §4): LSGAN, cycle/identity L1, identity cross-entropy and the batch-hard
-cross-modality triplet loss (AlignGAN's cosine form by default, Euclidean as a switch)."""
+cross-modality triplet loss (AlignGAN's cosine form by default, Euclidean as a switch); and AGW's weighted
+regularised triplet and CAJ's adaptive (squared-difference) variant of it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ __all__ = [
     "identity_cross_entropy",
     "cross_modality_triplet",
     "pairwise_distance",
+    "weighted_regularized_triplet",
+    "adaptive_triplet",
 ]
 
 TRIPLET_DISTANCES = ("cosine", "euclidean")
@@ -82,3 +85,42 @@ def cross_modality_triplet(
     per_anchor = F.relu(hardest_positive - hardest_negative + margin)
     per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
     return per_anchor.sum() / valid.sum().clamp_min(1)
+
+
+def _softmax_weights(values: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise softmax of ``values`` over the entries where ``mask`` is 1, as AGW computes it: shifted by the row's
+    largest masked-to-zero value, with 1e-6 added to the denominator."""
+    largest = (values * mask).amax(dim=1, keepdim=True)
+    exp = torch.exp(values - largest) * mask
+    return exp / (exp.sum(dim=1, keepdim=True) + 1e-6)
+
+
+def _soft_hardest(features: Tensor, labels: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per sample of the whole batch (every modality): the softmax-weighted mean of its Euclidean distances to
+    its positives (itself included, weights growing with distance) and to its negatives (weights growing as the
+    distance shrinks); ``alpha`` scales the distances inside the softmax."""
+    distance = pairwise_distance(features, features, "euclidean")
+    same = labels.reshape(-1, 1) == labels.reshape(1, -1)
+    positive, negative = same.float(), (~same).float()
+    to_positive, to_negative = distance * positive, distance * negative
+    furthest_positive = (to_positive * _softmax_weights(to_positive * alpha, positive)).sum(dim=1)
+    closest_negative = (to_negative * _softmax_weights(-to_negative * alpha, negative)).sum(dim=1)
+    return furthest_positive, closest_negative
+
+
+def weighted_regularized_triplet(features: Tensor, labels: Tensor) -> Tensor:
+    """AGW's weighted regularised triplet (``TripletLoss_WRT``): the soft margin ``log(1 + exp(d_p - d_n))``
+    averaged over the batch, with ``d_p`` and ``d_n`` the softmax-weighted positive and negative distances; no
+    margin to choose."""
+    furthest_positive, closest_negative = _soft_hardest(features, labels)
+    return F.softplus(furthest_positive - closest_negative).mean()
+
+
+def adaptive_triplet(features: Tensor, labels: Tensor, alpha: float = 1.0, gamma: float = 1.0) -> Tensor:
+    """CAJ's ``TripletLoss_ADP`` with ``square = 1``: ``s = min(gamma * (d_p - d_n) ** 2, 88)`` and
+    ``log(1 + exp(s))`` where the triplet is violated (``d_p > d_n``), ``log(1 + exp(-s))`` where it is not,
+    averaged; ``alpha`` scales the distances inside the weights."""
+    furthest_positive, closest_negative = _soft_hardest(features, labels, alpha)
+    squared = (gamma * (furthest_positive - closest_negative).pow(2)).clamp_max(88.0)
+    violated = furthest_positive > closest_negative
+    return F.softplus(torch.where(violated, squared, -squared)).mean()

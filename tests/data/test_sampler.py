@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pfanet_cli.data.augment import (
+    AugmentPlan,
+    augment_on_host,
     crop_and_flip,
-    crop_rows_to_unit_range,
     draw_crop_plan,
     gather_rows,
     to_uint8,
@@ -126,7 +127,7 @@ def test_both_augmentation_paths_equal_a_per_sample_loop(pad):
     if pad:
         assert len(set(plan.top.tolist())) > 1 and len(set(plan.left.tolist())) > 1
     expected = reference_crop(images, rows, plan, pad)
-    host = crop_rows_to_unit_range(images, rows, plan, pad)
+    host = augment_on_host(images, rows, AugmentPlan(plan), pad)
     device = to_unit_range(crop_and_flip(gather_rows(images, rows), plan, pad))
     assert host.dtype == np.float32 and host.shape == (8, 8, 5, 3)
     assert torch.equal(torch.from_numpy(host), expected)
@@ -155,5 +156,5 @@ def test_gather_and_range_conversion_round_trip():
     unit = to_unit_range(batch)
     assert unit.min() >= -1 and unit.max() <= 1
     torch.testing.assert_close(to_uint8(unit), batch)
-    np.testing.assert_array_equal(crop_rows_to_unit_range(images, rows, draw_crop_plan(4, torch.Generator(), False),
-                                                          pad=0), unit.numpy())
+    np.testing.assert_array_equal(augment_on_host(images, rows, AugmentPlan(draw_crop_plan(4, torch.Generator(), False)),
+                                                  pad=0), unit.numpy())

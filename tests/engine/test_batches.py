@@ -6,6 +6,7 @@ stand-in for ``torch.cuda``."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from pfanet_cli.data.augment import NONE, Augmentation
 from pfanet_cli.data.prepared import PreparedSplit
 from pfanet_cli.data.sampler import IdentityAlignedSampler
 from pfanet_cli.engine.batches import BatchSource, _CudaSideStream
@@ -31,18 +33,14 @@ def toy_split(ids: int = 6, per_modality: int = 5, size: tuple[int, int] = (16, 
 
 
 def source(split: PreparedSplit, prefetch: int, ids: int = 2, per_id: int = 2, pad: int = 2, seed: int = 0,
-           channels_last: bool = True) -> BatchSource:
+           channels_last: bool = True, augmentation: Augmentation = NONE) -> BatchSource:
     sampler = IdentityAlignedSampler(split.labels, split.is_ir, ids, per_id, seed)
     return BatchSource(split, sampler, torch.device("cpu"), flip=True, pad=pad, seed=seed,
-                       channels_last=channels_last, prefetch=prefetch)
+                       channels_last=channels_last, prefetch=prefetch, augmentation=augmentation)
 
 
-def take(batches: BatchSource, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    out = []
-    for _ in range(count):
-        batch = batches.next()
-        out.append((batch.rgb.clone(), batch.ir.clone(), batch.labels.clone()))
-    return out
+def take(batches: BatchSource, count: int) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(t.clone() for t in batches.next().tensors()) for _ in range(count)]
 
 
 def assert_same(expected, got) -> None:
@@ -225,3 +223,31 @@ def test_the_cuda_path_runs_on_the_cpu_with_a_stand_in_for_torch_cuda(monkeypatc
     waits = [call for call in fake.calls if call[0] == "wait_event"]
     assert waits == [("wait_event", "current", "side")] * 3
     assert recorded == ["current"] * 9  # rgb, ir and labels of each batch
+
+
+EVERY_AUGMENTATION = Augmentation(erasing=0.5, grayscale=0.5, channel_exchange=0.5, ir_adaptive_gray=True,
+                                  rgb_views=2)
+
+
+def test_augmented_batches_prefetch_resume_and_take_the_device_path_exactly(monkeypatch):
+    """With every augmentation on (their draws come from the source's generator, after the crop plan): a
+    prefetching source gives the batches of a synchronous one, a source resumed from a state taken while it
+    was 3 batches ahead continues exactly, and the device path gives the same batches."""
+    split = toy_split()
+    make = functools.partial(source, split, augmentation=EVERY_AUGMENTATION)
+    expected = take(make(prefetch=0), 6)
+    assert [t.shape[0] for t in expected[0]] == [4, 4, 4, 4]  # rgb, ir, labels, second rgb views
+    assert not torch.equal(expected[0][0], take(source(split, prefetch=0), 1)[0][0])  # augmented
+    first = make(prefetch=3)
+    head = take(first, 2)
+    state = first.state_dict()
+    first.close()
+    resumed = make(prefetch=3)
+    resumed.load_state_dict(state)
+    assert_same(expected, head + take(resumed, 4))
+    resumed.close()
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda tensor, stream: None, raising=False)
+    on_device = make(prefetch=2)
+    on_device._maker.side_stream = _CudaSideStream(torch.device("cpu"), backend=FakeCuda())
+    assert_same(expected, take(on_device, 6))
+    on_device.close()

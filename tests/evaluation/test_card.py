@@ -26,6 +26,23 @@ def test_how_a_checkpoint_was_chosen():
                                         "stage": "train-joint", "iteration": 7}
     assert provenance["flip"].startswith(FLIP) and "translated to fake IR by G_I" in provenance["flip"]
     assert provenance["feature"].startswith("pooled v") and "triplet_feature = pooled" in provenance["feature"]
+    # the method and the augmentation F was trained with, from the checkpoint's recipe (its missing keys: defaults)
+    assert provenance["method"] == ("PFANet: F resnet50 (ImageNet) with BNG and MMM; generators G_I, G_R and the "
+                                    "joint discriminator")
+    assert provenance["augmentation"] == "horizontal flip; zero padding 10 + random crop"
+    caj = {"model": {"method": "agw", "backbone": "resnet18", "pretrained": "none"}, "agw": {"triplet": "adp"},
+           "data": {"erasing": 0.5, "channel_exchange": 1.0, "rgb_views": 2, "ir_adaptive_gray": True}}
+    provenance = extraction_provenance("x.pt", {"stage": "train-agw", "recipe": caj}, translate=True,
+                                       agw_test=("fc", True))
+    assert provenance["method"].startswith("AGW: two-stream resnet18 (from scratch;")
+    assert "CAJ's TripletLoss_ADP" in provenance["method"] and "1 channel" in provenance["method"]
+    assert provenance["augmentation"] == (
+        "horizontal flip; zero padding 10 + random crop; random erasing p 0.5 (area 0.02-0.4, aspect 0.3-3.33, fill "
+        "(0.4914, 0.4822, 0.4465) of the ImageNet-normalised image); two independently augmented views of every RGB "
+        "image (CAJ); channel exchange p 1 on the second RGB view (CAJ's ChannelExchange(gray=2)); "
+        "ChannelAdapGray(0.5) on the IR images (CAJ)")
+    assert provenance["feature"].startswith("fc: AGW's BN-neck") and "CAJ's testa.py" in provenance["flip"]
+    assert "method" not in extraction_provenance("x.pt", {"recipe": {"no_such_section": 1}}, translate=True)
 
 
 def test_the_provenance_travels_in_the_features_file(tmp_path):
@@ -42,7 +59,8 @@ def test_cards_of_several_results_show_each_differing_value_once():
                            {**common, "mode": "indoor-search"}]))
     assert rows["mode"] == "all-search | indoor-search" and rows["trials"] == "10"
     assert rows["checkpoint"] == "not recorded" and rows["flip"] == "not recorded"
-    assert list(complete_card(common)) == ["dataset", "split", "trials", "rerank", "flip", "feature", "checkpoint"]
+    assert list(complete_card(common)) == ["dataset", "split", "trials", "rerank", "flip", "feature", "method",
+                                           "augmentation", "checkpoint"]
 
 
 def test_extraction_states_the_checkpoint_and_how_it_was_chosen(trained, tmp_path, capsys):

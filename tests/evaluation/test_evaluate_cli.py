@@ -288,3 +288,27 @@ def test_multi_shot_on_one_image_per_folder_is_refused_or_said_on_the_card(tmp_p
 def sysu_like_file(tmp_path: Path) -> Path:
     feats, pids, camids, paths = sysu_like(seed=12, ids=8, dim=8)
     return save_features(tmp_path / "many.npz", feats, pids, camids, paths)
+
+
+def test_same_modality_is_printed_and_written_apart_from_the_protocol(sysu_files, capsys):
+    plain, with_diagnostic = sysu_files["dir"] / "plain.json", sysu_files["dir"] / "both.json"
+    assert run(["--features", sysu_files["features"], "--trials", "3", "--json", plain], capsys)[0] == 0
+    code, stdout, _ = run(["--features", sysu_files["features"], "--trials", "3", "--json", with_diagnostic,
+                           "--same-modality"], capsys)
+    assert code == 0
+    protocol = json.loads(with_diagnostic.read_text())
+    assert protocol["metrics"] == json.loads(plain.read_text())["metrics"]  # the protocol's numbers untouched
+    diagnostic = json.loads(with_diagnostic.with_name("both_same_modality.json").read_text())
+    assert [(d["dataset"], d["mode"]) for d in diagnostic] == [("sysu-same-modality", "ir->ir"),
+                                                               ("sysu-same-modality", "rgb->rgb")]
+    assert all(d["trials"] == 3 and "not the SYSU-MM01 protocol" in d["card"]["dataset"] for d in diagnostic)
+    assert diagnostic[0]["card"]["features_file"] == str(sysu_files["features"])
+    assert "same-modality diagnostic" in stdout and "ir->ir" in stdout and "rgb->rgb" in stdout
+
+
+def test_same_modality_is_refused_for_regdb_features(tmp_path, capsys):
+    feats = np.eye(4, dtype=np.float32)
+    regdb = save_features(tmp_path / "regdb.npz", feats, np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]),
+                          [f"x/{i}.bmp" for i in range(4)], dataset="regdb")
+    code, _, err = run(["--features", regdb, "--same-modality"], capsys)
+    assert code == 2 and "--same-modality applies to SYSU-MM01 only" in err

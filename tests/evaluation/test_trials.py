@@ -133,3 +133,20 @@ def test_regdb_all_trains_two_trials_resumes_and_reports_their_mean(tmp_path, ca
                  str(runs / "trial{trial}" / "features.npz"), "--json", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert [r["metrics"] for r in again] == [r["metrics"] for r in aggregate]
+
+
+@pytest.mark.slow
+def test_regdb_all_trains_agw_recipes_with_train_agw(tmp_path):
+    """An AGW recipe (model.method=agw) trains each trial with train-agw, no GAN stage, into trial<T>/agw. Without
+    non-local blocks: two iterations from scratch leave eval-mode activations far too large, and the non-local
+    products (cubic in them) overflow (tests/engine/test_train_agw.py says more)."""
+    raw = tmp_path / "RegDB"
+    make_regdb_tree(raw, ids=6, per_modality=3, trial=1)
+    prepare_regdb_trials(raw, tmp_path / "prep", [1], height=64, width=32, workers=1)
+    assert main(["regdb-all", "demo_agw.yaml", "data.dataset=regdb", "agw.epochs=1", "agw.iterations_per_epoch=2",
+                 "agw.ids_per_batch=2", "agw.images_per_id=2", "model.non_local=off", "--trial", "1",
+                 "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "runs"), "--device", "cpu"]) == 0
+    trial = tmp_path / "runs" / "trial1"
+    assert sorted(p.name for p in trial.iterdir()) == ["agw", "features.npz", "results.json"]
+    card = json.loads((trial / "results.json").read_text())[0]["card"]
+    assert card["method"].startswith("AGW") and card["checkpoint"]["stage"] == "train-agw"

@@ -38,8 +38,8 @@ def test_build_networks_keys_types_and_init():
 
 
 def test_the_network_table_names_every_checkpoint_key_and_the_docs_list_it():
-    assert tuple(NETWORKS) == ("generator_rgb2ir", "generator_ir2rgb", "disc_rgb", "disc_ir", "extractor")
-    assert [spec.paper_name for spec in NETWORKS.values()] == ["G_I", "G_R", "D_R", "D_I", "F"]
+    assert tuple(NETWORKS) == ("generator_rgb2ir", "generator_ir2rgb", "disc_rgb", "disc_ir", "extractor", "agw")
+    assert [spec.paper_name for spec in NETWORKS.values()] == ["G_I", "G_R", "D_R", "D_I", "F", "AGW"]
     docs = (REPO / "docs" / "model.md").read_text(encoding="utf-8")
     for spec in NETWORKS.values():
         assert f"| {spec.paper_name} | `{spec.key}` |" in docs, spec.key
@@ -50,3 +50,4 @@ def test_parameter_counts_are_keyed_by_paper_name_and_add_up():
     assert list(counts) == ["G_I", "G_R", "D_R", "D_I", "total"]
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert set(parameter_counts(small_config(), 5, "train-joint")) == {"G_I", "G_R", "D_R", "D_I", "F", "total"}
+    assert set(parameter_counts(small_config(method="agw"), 5, "train-agw")) == {"AGW", "total"}

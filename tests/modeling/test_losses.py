@@ -7,11 +7,13 @@ import torch
 
 from pfanet_cli.config import JointConfig
 from pfanet_cli.modeling.losses import (
+    adaptive_triplet,
     cross_modality_triplet,
     cycle_loss,
     identity_cross_entropy,
     lsgan_loss,
     pairwise_distance,
+    weighted_regularized_triplet,
 )
 
 
@@ -147,3 +149,46 @@ def test_triplet_rejects_unknown_distance_and_bad_shapes():
 def test_default_margins_follow_the_distance():
     assert JointConfig().resolved_margin() == 1.0
     assert JointConfig(triplet_distance="euclidean").resolved_margin() == 0.3
+
+
+def reference_soft_triplet(features, labels, alpha=1.0, gamma=1.0, adaptive=False):
+    """AGW's TripletLoss_WRT and CAJ's TripletLoss_ADP (square=1) restated sample by sample: for each anchor, a
+    softmax over its positives' distances weights them, one over its negatives' negated distances weights those,
+    then nn.SoftMarginLoss (y = 1; ADP: the squared difference, y = -1 where the triplet is violated). As in
+    their softmax_weights, the shift is the largest of the row's masked values (for the negatives 0, from the
+    masked-out entries) and 1e-6 is added to the denominator, which matters when all negatives are far."""
+    n = len(labels)
+    distance = torch.cdist(features.double(), features.double()).clamp_min(1e-6)
+    distance = torch.where(torch.eye(n, dtype=torch.bool), torch.full_like(distance, 1e-6), distance)
+    positives, negatives = [], []
+    for i in range(n):
+        pos = distance[i][labels == labels[i]]
+        neg = distance[i][labels != labels[i]]
+        pos_weights = torch.exp(alpha * pos - (alpha * pos).max())
+        neg_weights = torch.exp(-alpha * neg)
+        positives.append((pos * pos_weights / (pos_weights.sum() + 1e-6)).sum())
+        negatives.append((neg * neg_weights / (neg_weights.sum() + 1e-6)).sum())
+    d_p, d_n = torch.stack(positives), torch.stack(negatives)
+    soft_margin = torch.nn.SoftMarginLoss()
+    if not adaptive:
+        return soft_margin(d_n - d_p, torch.ones(n, dtype=torch.float64))
+    y = torch.where(d_p > d_n, -1.0, 1.0).double()
+    return soft_margin((gamma * (d_p - d_n) ** 2).clamp_max(88), y)
+
+
+@pytest.mark.parametrize("alpha, gamma", [(1.0, 1.0), (2.0, 0.5)])
+def test_agws_weighted_regularised_and_cajs_adaptive_triplets_equal_a_per_sample_restatement(alpha, gamma):
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 2])  # two modalities' halves of one batch, any order
+    features = torch.randn(10, 6, requires_grad=True)
+    wrt, adp = weighted_regularized_triplet(features, labels), adaptive_triplet(features, labels, alpha, gamma)
+    assert wrt.item() == pytest.approx(reference_soft_triplet(features, labels).item(), rel=1e-5)
+    assert adp.item() == pytest.approx(reference_soft_triplet(features, labels, alpha, gamma, True).item(), rel=1e-5)
+    grad, = torch.autograd.grad(wrt, features)
+    expected, = torch.autograd.grad(reference_soft_triplet(features, labels), features)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+    # separated identities: the soft margin still pulls (WRT never reaches zero); ADP's satisfied branch is tiny
+    apart = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [10.1, 0.0]])
+    pairs = torch.tensor([0, 0, 1, 1])
+    assert 0 < weighted_regularized_triplet(apart, pairs).item() < 1e-3
+    assert adaptive_triplet(apart, pairs).item() < 1e-30 + math.log1p(math.exp(-88))

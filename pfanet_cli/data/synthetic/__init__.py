@@ -20,11 +20,12 @@ What an image shows
   aspect jitter, walking pose, view (front, back, left or right side: an emblem only shows from
   the front, a backpack shows fully only from the back, a side view narrows the body and shows the
   stride) and partial occlusion by a pole or a box.
-* **Modality gap**: IR cameras 3 and 6 render temperature, not colour. Each garment has a
-  per-identity material emissivity drawn independently of its visible colour, skin is warm
-  (bright), hair mid-grey, backgrounds cool with their own texture; the image is stored as a
-  JPEG with three equal channels. Shape, layout, pattern geometry, bag and hair carry across
-  modalities; colour never does.
+* **Modality gap**: IR cameras 3 and 6 are active near-infrared cameras (about 850 nm). Each material's
+  IR intensity is its near-infrared reflectance, a documented function of its visible colour and a material
+  class (dye or carbon black; skin, hair), mixed with an independent residual whose share is a render option
+  (``nir.py``, docs/synthetic.md); backgrounds far from the illuminator stay dark; the image is stored as a
+  JPEG with three equal channels. Shape, layout, pattern geometry, bag and hair carry across modalities;
+  hue never does, grey levels partly do.
 """
 
 from pfanet_cli.data.synthetic.llcm import (
@@ -43,6 +44,7 @@ from pfanet_cli.data.synthetic.render import (
     render_person_image,
     render_plan,
     render_synthetic_sysu,
+    visible_labels,
 )
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "render_plan",
     "render_synthetic_sysu",
     "render_person_image",
+    "visible_labels",
     "draw_identity",
     "Identity",
 ]

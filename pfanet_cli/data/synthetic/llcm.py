@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pfanet_cli.data import llcm
+from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL, check_ir_residual
 from pfanet_cli.data.synthetic.person import draw_identity
 from pfanet_cli.data.synthetic.plan import STREAM_LLCM_PLAN, image_size, proportional
 from pfanet_cli.data.synthetic.render import (
@@ -46,7 +47,8 @@ NIR_CAMERAS_PER_ID = (2, 4)
 SMALL_IMAGES_PER_CAMERA = (2, 6)
 """Inclusive ranges: cameras that see a person (per modality), images per person and camera (``small``)."""
 MARKER_FORMAT = "pfanet-synthetic-llcm"
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
+"""2: the near-infrared model (``nir.py``); version 1 is version 2 with ``ir_residual`` 1."""
 STYLE_CAMERAS = {"rgb": (1, 2, 4, 5), "ir": (3, 6)}
 """SYSU-MM01 cameras whose look the LLCM cameras of each modality borrow, in turn."""
 STREAM_BASE = 100
@@ -66,6 +68,8 @@ class LlcmPlan:
     """``train`` and ``test``: ascending person ids."""
     counts: dict[str, dict[int, dict[int, int]]]
     """split -> camid (visible k, NIR 10 + k) -> person id -> number of images."""
+    ir_residual: float = DEFAULT_IR_RESIDUAL
+    """Share of each material's NIR intensity unrelated to its colour (``nir.py``)."""
 
     def images(self) -> list[tuple[str, str, int, int]]:
         """Every image as (split, raw-relative path, pid, camid), in the scanner's order: per split, ids
@@ -95,7 +99,7 @@ class LlcmPlan:
 
 
 def plan_synthetic_llcm(preset: str = "small", ids: int | None = None, seed: int = 0, height: int | None = None,
-                        width: int | None = None) -> LlcmPlan:
+                        width: int | None = None, ir_residual: float = DEFAULT_IR_RESIDUAL) -> LlcmPlan:
     """Decide which images an LLCM-layout render writes, without rendering any (see the module docstring)."""
     if preset not in LLCM_PRESETS:
         raise UsageError(f"unknown LLCM synthetic preset {preset!r}; choose one of {', '.join(LLCM_PRESETS)}")
@@ -106,6 +110,7 @@ def plan_synthetic_llcm(preset: str = "small", ids: int | None = None, seed: int
     if ids is not None and (not isinstance(ids, (int, np.integer)) or isinstance(ids, bool) or not 2 <= ids <= 9999):
         raise UsageError(f"--ids must be an integer in 2..9999 (one id per split at least), got {ids!r}")
     h, w = image_size(LLCM_PRESETS[preset], height, width)
+    share = check_ir_residual(ir_residual)
     rng = np.random.default_rng([int(seed), STREAM_LLCM_PLAN])
     if preset == "llcm":
         sizes = {split: llcm.PUBLISHED_COUNTS[split]["ids"] for split in SPLITS}
@@ -117,7 +122,7 @@ def plan_synthetic_llcm(preset: str = "small", ids: int | None = None, seed: int
     splits = {"train": sorted(int(p) for p in order[: sizes["train"]]),
               "test": sorted(int(p) for p in order[sizes["train"]:])}
     counts = {split: _split_counts(rng, splits[split], preset, split) for split in SPLITS}
-    return LlcmPlan(preset, int(seed), h, w, splits, counts)
+    return LlcmPlan(preset, int(seed), h, w, splits, counts, share)
 
 
 def _split_counts(rng: np.random.Generator, pids: list[int], preset: str, split: str) -> dict[int, dict[int, int]]:
@@ -147,9 +152,10 @@ class LlcmSummary:
 
 def render_synthetic_llcm(out: Path, preset: str = "small", ids: int | None = None, seed: int = 0,
                           height: int | None = None, width: int | None = None, workers: int | None = None,
-                          show_progress: bool = False, reuse: bool = False) -> LlcmSummary:
+                          show_progress: bool = False, reuse: bool = False,
+                          ir_residual: float = DEFAULT_IR_RESIDUAL) -> LlcmSummary:
     """Render a synthetic RGB/NIR person dataset in the LLCM raw layout under ``out``."""
-    plan = plan_synthetic_llcm(preset, ids=ids, seed=seed, height=height, width=width)
+    plan = plan_synthetic_llcm(preset, ids=ids, seed=seed, height=height, width=width, ir_residual=ir_residual)
     return render_llcm_plan(plan, Path(out), workers, show_progress, reuse)
 
 
@@ -194,14 +200,14 @@ def _person_jobs(out: Path, plan: LlcmPlan) -> list[tuple]:
             for pid, n in people.items():
                 per_person.setdefault(pid, []).append((llcm.image_folder(split, modality, camid, pid), style,
                                                        STREAM_BASE + camid, n))
-    jobs = [(str(out), plan.seed, pid, tuple(sorted(cells)), plan.height, plan.width)
+    jobs = [(str(out), plan.seed, pid, tuple(sorted(cells)), plan.height, plan.width, plan.ir_residual)
             for pid, cells in per_person.items()]
     return sorted(jobs, key=lambda job: -sum(cell[3] for cell in job[3]))
 
 
 def _render_llcm_person(job: tuple) -> tuple[int, int]:
-    out, seed, pid, cells, height, width = job
-    ident = draw_identity(seed, pid)
+    out, seed, pid, cells, height, width, ir_residual = job
+    ident = draw_identity(seed, pid, ir_residual)
     written = 0
     for folder, style, stream, n in cells:
         target = Path(out) / folder
@@ -215,7 +221,8 @@ def _render_llcm_person(job: tuple) -> tuple[int, int]:
 
 def _marker_info(plan: LlcmPlan, complete: bool) -> dict:
     return {"format": MARKER_FORMAT, "renderer_version": RENDERER_VERSION, "preset": plan.preset, "seed": plan.seed,
-            "height": plan.height, "width": plan.width, "ids": {s: len(plan.splits[s]) for s in SPLITS},
+            "height": plan.height, "width": plan.width, "ir_residual": plan.ir_residual,
+            "ids": {s: len(plan.splits[s]) for s in SPLITS},
             "images": plan.total_images, "complete": complete}
 
 

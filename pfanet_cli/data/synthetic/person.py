@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from pfanet_cli.data.synthetic import nir
 from pfanet_cli.data.synthetic.plan import STREAM_IDENTITY
 
 # Label map values (the renderer paints labels, then colours them per modality).
@@ -50,7 +51,7 @@ def _contrasting_colour(rng: np.random.Generator, other: np.ndarray) -> np.ndarr
     return best
 
 
-def _emissivity(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.78) -> float:
+def _independent_intensity(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.78) -> float:
     return float(rng.uniform(lo, hi))
 
 
@@ -84,11 +85,13 @@ class Identity:
     hat: bool
     shoe_h: float
     rgb: np.ndarray = field(repr=False)   # (N_LABELS, 3) colours
-    ir: np.ndarray = field(repr=False)    # (N_LABELS,) emissivities
+    ir: np.ndarray = field(repr=False)    # (N_LABELS,) near-infrared intensities
+    material: np.ndarray = field(repr=False)  # (N_LABELS,) material classes (nir.MATERIALS), nir.NONE for BG
 
 
-def draw_identity(seed: int, pid: int) -> Identity:
-    """The appearance of person ``pid`` (independent of preset, camera and image)."""
+def draw_identity(seed: int, pid: int, ir_residual: float = nir.DEFAULT_IR_RESIDUAL) -> Identity:
+    """The appearance of person ``pid`` (independent of preset, camera and image). ``ir_residual`` is the share of
+    each material's IR intensity that is unrelated to its colour (``nir.py``)."""
     rng = np.random.default_rng([seed, STREAM_IDENTITY, pid])
     height = rng.uniform(0.78, 0.95)
     shoulder = rng.uniform(0.085, 0.13)
@@ -130,24 +133,45 @@ def draw_identity(seed: int, pid: int) -> Identity:
     rgb[STRAP] = rgb[BAG] * 0.75
     rgb[HAT] = _garment_colour(rng)
 
-    # Emissivities are drawn from their own generator: they cannot depend on the colours.
-    erng = np.random.default_rng([seed, STREAM_IDENTITY, pid, 1])
+    rgb = np.clip(rgb, 0, 1)
+    material = _draw_materials(np.random.default_rng([seed, STREAM_IDENTITY, pid, 2]), rgb)
+    predicted = np.array([nir.nir_reflectance(rgb[k], material[k]) if material[k] != nir.NONE else 0.0
+                          for k in range(N_LABELS)])
+    residual = _independent_draws(np.random.default_rng([seed, STREAM_IDENTITY, pid, 1]))
+    ir = np.array([nir.mix_residual(p, e, ir_residual) for p, e in zip(predicted, residual)], dtype=np.float32)
+    return Identity(pid, height, shoulder, hip, head_ru, head_rv, hip_v, top_end, coat, sleeve, bottom,
+                    bottom_len, pattern, period, duty, phase, logo_shape, logo_size, logo_offset, bag, bag_w,
+                    bag_h, hair, hat, shoe_h, rgb, ir, material)
+
+
+def _draw_materials(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
+    """The material class of every label: skin, hair, and dye or carbon black for each garment part (its own
+    generator, so the colours and the residual draws are those of earlier versions)."""
+    material = np.full(N_LABELS, nir.NONE, dtype=np.int8)
+    material[SKIN], material[HAIR] = nir.SKIN, nir.HAIR
+    for label in (TOP, TOP_B, BOTTOM, SHOES, BAG, HAT):
+        material[label] = nir.draw_garment_material(rng, rgb[label], shoes=label == SHOES)
+    material[STRAP] = material[BAG]
+    return material
+
+
+def _independent_draws(erng: np.random.Generator) -> np.ndarray:
+    """The IR intensities of versions up to 0.1, drawn independently of the colours (the residual of ``nir.py``):
+    the same generator, draws and order, so ``ir_residual=1`` reproduces that data bit for bit."""
     ir = np.zeros(N_LABELS, dtype=np.float32)
     ir[SKIN] = erng.uniform(0.86, 0.98)
     ir[HAIR] = erng.uniform(0.3, 0.5)
-    ir[TOP] = _emissivity(erng)
-    second = _emissivity(erng)
-    while abs(second - ir[TOP]) < 0.25:  # a pattern must show in both modalities
-        second = _emissivity(erng)
+    ir[TOP] = _independent_intensity(erng)
+    second = _independent_intensity(erng)
+    while abs(second - ir[TOP]) < 0.25:  # versions up to 0.1 forced a pattern to show in IR
+        second = _independent_intensity(erng)
     ir[TOP_B] = second
-    ir[BOTTOM] = _emissivity(erng)
-    ir[SHOES] = _emissivity(erng, 0.15, 0.5)
-    ir[BAG] = _emissivity(erng, 0.12, 0.6)
+    ir[BOTTOM] = _independent_intensity(erng)
+    ir[SHOES] = _independent_intensity(erng, 0.15, 0.5)
+    ir[BAG] = _independent_intensity(erng, 0.12, 0.6)
     ir[STRAP] = ir[BAG]
-    ir[HAT] = _emissivity(erng, 0.2, 0.6)
-    return Identity(pid, height, shoulder, hip, head_ru, head_rv, hip_v, top_end, coat, sleeve, bottom,
-                    bottom_len, pattern, period, duty, phase, logo_shape, logo_size, logo_offset, bag, bag_w,
-                    bag_h, hair, hat, shoe_h, np.clip(rgb, 0, 1), ir)
+    ir[HAT] = _independent_intensity(erng, 0.2, 0.6)
+    return ir
 
 
 class _Painter:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL, check_ir_residual
 from pfanet_cli.data.sysu import ALL_CAMERAS, INDOOR_RGB_CAMERAS, IR_CAMERAS, real_counts
 from pfanet_cli.errors import UsageError
 
@@ -42,6 +43,8 @@ class SyntheticPlan:
     """``train``, ``val``, ``test``, ``available``: ascending person ids."""
     counts: dict[int, dict[int, int]]
     """camera id -> person id -> number of images (people absent from a camera are left out)."""
+    ir_residual: float = DEFAULT_IR_RESIDUAL
+    """Share of each material's IR intensity unrelated to its colour (``nir.py``)."""
 
     @property
     def pids(self) -> list[int]:
@@ -99,14 +102,15 @@ def proportional(total: int, weights: list[float]) -> list[int]:
 
 
 def plan_synthetic_sysu(preset: str = "small", ids: int | None = None, seed: int = 0,
-                        height: int | None = None, width: int | None = None) -> SyntheticPlan:
+                        height: int | None = None, width: int | None = None,
+                        ir_residual: float = DEFAULT_IR_RESIDUAL) -> SyntheticPlan:
     """Decide which images a render writes, without rendering any.
 
     ``small``: ``ids`` people (default 60) split 50/10/40 % into train/val/test at random, 4-10
     images per camera and person, 40 % of each split absent from the indoor RGB cameras 1 and 2,
     10 % seen by one IR camera only. ``sysu``: the real per-camera, per-person counts and the
     official id lists; ``ids=N`` keeps N available ids, spread evenly over each split in the
-    real proportions.
+    real proportions. ``ir_residual`` is the near-infrared model's residual share, in [0, 1].
     """
     if preset not in PRESETS:
         raise UsageError(f"unknown synthetic preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -116,9 +120,12 @@ def plan_synthetic_sysu(preset: str = "small", ids: int | None = None, seed: int
     h, w = image_size(PRESETS[preset], height, width)
     if ids is not None and (not isinstance(ids, (int, np.integer)) or isinstance(ids, bool) or ids < 3):
         raise UsageError(f"--ids must be an integer >= 3 (one id per split at least), got {ids!r}")
+    share = check_ir_residual(ir_residual)
     if preset == "small":
-        return _plan_small(SMALL_DEFAULT_IDS if ids is None else int(ids), seed, h, w)
-    return _plan_sysu(None if ids is None else int(ids), seed, h, w)
+        plan = _plan_small(SMALL_DEFAULT_IDS if ids is None else int(ids), seed, h, w)
+    else:
+        plan = _plan_sysu(None if ids is None else int(ids), seed, h, w)
+    return replace(plan, ir_residual=share)
 
 
 def _plan_small(n_ids: int, seed: int, height: int, width: int) -> SyntheticPlan:

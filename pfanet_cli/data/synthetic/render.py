@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL
 from pfanet_cli.data.synthetic.person import N_LABELS, Identity, draw_identity, paint_person
 from pfanet_cli.data.synthetic.plan import STREAM_IMAGE, STREAM_PERM, SyntheticPlan, plan_synthetic_sysu
 from pfanet_cli.data.synthetic.scene import (
@@ -42,37 +43,74 @@ from pfanet_cli.utils.console import progress_bar
 MARKER_FILE = ".pfanet-synthetic.json"
 """Written at the root of every render; a folder holding it may be rendered over."""
 MARKER_FORMAT = "pfanet-synthetic-sysu"
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
+"""2: near-infrared model (``nir.py``); version 1 is version 2 with ``ir_residual`` 1."""
 JPEG_QUALITY = 90
 
 
 def render_person_image(seed: int, pid: int, cam: int, n: int, height: int, width: int,
-                        identity: Identity | None = None, stream: int | None = None) -> np.ndarray:
+                        identity: Identity | None = None, stream: int | None = None,
+                        ir_residual: float = DEFAULT_IR_RESIDUAL) -> np.ndarray:
     """Image ``n`` of person ``pid`` in camera ``cam``: uint8 H x W x 3 (R = G = B for IR cameras).
 
     ``cam`` picks the look and the scene (SYSU-MM01 cameras 1..6); ``stream`` (default ``cam``) keys the
-    person's pass and the image's random draws, so another layout can reuse a look for several cameras."""
-    if cam not in CAMERAS:
-        raise UsageError(f"camera must be one of {ALL_CAMERAS}, got {cam!r}")
-    key = cam if stream is None else stream
-    ident = identity if identity is not None else draw_identity(seed, pid)
-    track = draw_track(seed, pid, key)
-    style = CAMERAS[cam]
-    rng = np.random.default_rng([seed, STREAM_IMAGE, pid, key, n])
-    u, v, labels = _place_person(ident, track, rng, height, width)
-    person = labels > 0
-    bg = background(cam, rng, height, width)
-    # cylindrical shading across the body and a soft light from one side
-    body_u = np.clip(u / (ident.shoulder * 1.8), -1, 1)
-    light_side = rng.uniform(-0.12, 0.12)
-    shade = (1.0 - 0.22 * body_u**2 + light_side * body_u)[None, :] * (1.04 - 0.08 * v.clip(0, 1))[:, None]
-    texture = 1.0 + 0.05 * smooth_noise(rng, height, width, 10, 5)
-    occluder = _Occluder.draw(rng, height, width)
-    if style.ir:
-        pil = _thermal_image(ident, labels, person, shade, texture, bg, occluder, rng)
+    person's pass and the image's random draws, so another layout can reuse a look for several cameras.
+    ``ir_residual`` (used when ``identity`` is not given) is the near-infrared model's residual share."""
+    frame = _Frame.draw(seed, pid, cam, n, height, width, identity, stream, ir_residual)
+    ident, labels, person, rng = frame.identity, frame.labels, frame.labels > 0, frame.rng
+    if frame.style.ir:
+        pil = _infrared_image(ident, labels, person, frame.shade, frame.texture, frame.bg, frame.occluder, rng)
     else:
-        pil = _colour_image(ident, labels, person, shade, texture, bg, occluder, track, style, rng)
-    return _camera_effects(pil, style, rng, height / 128.0)
+        pil = _colour_image(ident, labels, person, frame.shade, frame.texture, frame.bg, frame.occluder, frame.track,
+                            frame.style, rng)
+    return _camera_effects(pil, frame.style, rng, height / 128.0)
+
+
+def visible_labels(seed: int, pid: int, cam: int, n: int, height: int, width: int, identity: Identity | None = None,
+                   stream: int | None = None, ir_residual: float = DEFAULT_IR_RESIDUAL) -> np.ndarray:
+    """The ground truth of :func:`render_person_image` (same arguments): uint8 H x W label map of the person's
+    parts (``person.py``: ``BG``, ``SKIN``, ``TOP``, ...) as the image shows them, ``BG`` where the scene or an
+    occluder is in front. Replays the same random draws without colouring anything."""
+    frame = _Frame.draw(seed, pid, cam, n, height, width, identity, stream, ir_residual)
+    labels = frame.labels.copy()
+    if frame.occluder.where is not None:
+        labels[frame.occluder.where] = 0
+    return labels
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Everything drawn for one image before it is coloured: the person, where they stand, the scene, the
+    shading and texture, the occluder, and the image's generator (positioned for the colouring draws)."""
+
+    identity: Identity
+    style: CameraStyle
+    track: Track
+    rng: np.random.Generator
+    labels: np.ndarray
+    bg: object
+    shade: np.ndarray
+    texture: np.ndarray
+    occluder: "_Occluder"
+
+    @classmethod
+    def draw(cls, seed: int, pid: int, cam: int, n: int, height: int, width: int, identity: Identity | None,
+             stream: int | None, ir_residual: float) -> "_Frame":
+        if cam not in CAMERAS:
+            raise UsageError(f"camera must be one of {ALL_CAMERAS}, got {cam!r}")
+        key = cam if stream is None else stream
+        ident = identity if identity is not None else draw_identity(seed, pid, ir_residual)
+        track = draw_track(seed, pid, key)
+        rng = np.random.default_rng([seed, STREAM_IMAGE, pid, key, n])
+        u, v, labels = _place_person(ident, track, rng, height, width)
+        bg = background(cam, rng, height, width)
+        # cylindrical shading across the body and a soft light from one side
+        body_u = np.clip(u / (ident.shoulder * 1.8), -1, 1)
+        light_side = rng.uniform(-0.12, 0.12)
+        shade = (1.0 - 0.22 * body_u**2 + light_side * body_u)[None, :] * (1.04 - 0.08 * v.clip(0, 1))[:, None]
+        texture = 1.0 + 0.05 * smooth_noise(rng, height, width, 10, 5)
+        occluder = _Occluder.draw(rng, height, width)
+        return cls(ident, CAMERAS[cam], track, rng, labels, bg, shade, texture, occluder)
 
 
 def _place_person(ident: Identity, track: Track, rng: np.random.Generator, height: int,
@@ -95,7 +133,7 @@ def _place_person(ident: Identity, track: Track, rng: np.random.Generator, heigh
 
 @dataclass(frozen=True)
 class _Occluder:
-    """A pole or a box in front of the person (``where`` None: nothing in front), and its colour and temperature."""
+    """A pole or a box in front of the person (``where`` None: nothing in front), and its colour and IR intensity."""
 
     where: tuple[slice, slice] | None
     rgb: np.ndarray
@@ -118,9 +156,10 @@ class _Occluder:
         return cls(where, rgb, np.float32(rng.uniform(0.1, 0.45)))
 
 
-def _thermal_image(ident: Identity, labels: np.ndarray, person: np.ndarray, shade: np.ndarray,
+def _infrared_image(ident: Identity, labels: np.ndarray, person: np.ndarray, shade: np.ndarray,
                    texture: np.ndarray, bg: np.ndarray, occluder: _Occluder, rng: np.random.Generator) -> Image.Image:
-    """IR: temperature of the person's materials over the scene's, mapped to grey levels."""
+    """IR: the near-infrared intensity of the person's materials (``ident.ir``) over the scene's, mapped to grey
+    levels by the frame's own exposure (``lo``, ``hi``)."""
     temp = ident.ir[labels] * (0.88 + 0.12 * shade) * (1.0 + 0.4 * (texture - 1.0))
     img = np.where(person, temp, bg)
     if occluder.where is not None:
@@ -179,8 +218,8 @@ class SyntheticSummary:
 
 
 def _render_person_job(job: tuple) -> tuple[int, int]:
-    out, seed, pid, cams, height, width = job
-    ident = draw_identity(seed, pid)
+    out, seed, pid, cams, height, width, ir_residual = job
+    ident = draw_identity(seed, pid, ir_residual)
     written = 0
     for cam, n in cams:
         folder = Path(out) / f"cam{cam}" / f"{pid:04d}"
@@ -250,6 +289,7 @@ def _marker_info(plan: SyntheticPlan, complete: bool) -> dict:
         "seed": plan.seed,
         "height": plan.height,
         "width": plan.width,
+        "ir_residual": plan.ir_residual,
         "ids": {name: len(ids) for name, ids in plan.splits.items()},
         "images": plan.total_images,
         "complete": complete,
@@ -322,7 +362,7 @@ def _render_images(out: Path, plan: SyntheticPlan, workers: int, show_progress: 
     jobs = []
     for pid in plan.pids:
         cams = tuple((cam, plan.counts[cam][pid]) for cam in ALL_CAMERAS if pid in plan.counts.get(cam, {}))
-        jobs.append((str(out), plan.seed, pid, cams, plan.height, plan.width))
+        jobs.append((str(out), plan.seed, pid, cams, plan.height, plan.width, plan.ir_residual))
     jobs.sort(key=lambda job: -sum(n for _, n in job[3]))
     run_render_jobs(_render_person_job, jobs, plan.total_images, workers, show_progress, plan.preset)
 
@@ -353,13 +393,14 @@ def run_render_jobs(function: Callable[[tuple], tuple[int, int]], jobs: list[tup
 def render_synthetic_sysu(out: Path, preset: str = "small", ids: int | None = None, seed: int = 0,
                           height: int | None = None, width: int | None = None,
                           workers: int | None = None, show_progress: bool = False,
-                          reuse: bool = False) -> SyntheticSummary:
+                          reuse: bool = False, ir_residual: float = DEFAULT_IR_RESIDUAL) -> SyntheticSummary:
     """Render a synthetic RGB/IR person dataset in the SYSU-MM01 raw layout under ``out``.
 
     Presets: ``small`` (60 ids, 4-10 images per camera and person, 128x64) and ``sysu`` (the real
     per-camera, per-person counts and splits, 45,863 images, 256x128). ``ids`` overrides the number
     of people, ``height``/``width`` the image size. Same seed, same bytes, whatever ``workers``.
-    ``reuse`` keeps a complete earlier render of the same plan instead of rendering it again.
+    ``reuse`` keeps a complete earlier render of the same plan instead of rendering it again. ``ir_residual``
+    is the near-infrared model's residual share (``nir.py``; 1 renders the data of versions up to 0.1).
     """
-    plan = plan_synthetic_sysu(preset, ids=ids, seed=seed, height=height, width=width)
+    plan = plan_synthetic_sysu(preset, ids=ids, seed=seed, height=height, width=width, ir_residual=ir_residual)
     return render_plan(plan, Path(out), workers=workers, show_progress=show_progress, reuse=reuse)

@@ -77,7 +77,7 @@ def background(cam: int, rng: np.random.Generator, height: int, width: int):
 
     RGB cameras: ``(index, palette, brightness)`` -- an H x W uint8 map into a small palette of
     colours and an H x W brightness (texture) map, so the caller colours the whole frame with one
-    lookup. IR cameras: an H x W temperature map.
+    lookup. IR cameras: an H x W near-infrared intensity map.
     """
     y = ((np.arange(height, dtype=np.float32) + 0.5) / height)[:, None]
     x = ((np.arange(width, dtype=np.float32) + 0.5) / width)[None, :]
@@ -171,7 +171,8 @@ def _building(sc: _Scene):
 
 
 def _ir_corridor(sc: _Scene) -> np.ndarray:
-    """cam3, IR view of the corridor: cool walls, faint warm panels, a warm ceiling lamp."""
+    """cam3, IR view of the corridor: walls beyond most of the illuminator's light (dark), faintly brighter panels,
+    a lamp whose light includes near infrared, the lit floor in front of the camera."""
     x, y, off, rng = sc.x, sc.y, sc.off, sc.rng
     hz = rng.uniform(0.55, 0.65)
     panels = ((x * 3.0 + off) % 1.0) < 0.07
@@ -183,7 +184,8 @@ def _ir_corridor(sc: _Scene) -> np.ndarray:
 
 
 def _ir_outdoors(sc: _Scene) -> np.ndarray:
-    """cam6, IR outdoors: cold sky, trees a little warmer, warm ground, sometimes a warm object."""
+    """cam6, IR outdoors: dark sky, distant trees little lit, the lit ground brightening towards the camera,
+    sometimes a bright object (a lamp, a reflector)."""
     x, y, rng = sc.x, sc.y, sc.rng
     sky_h = rng.uniform(0.03, 0.2)
     hz = rng.uniform(0.45, 0.6)
