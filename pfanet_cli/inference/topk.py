@@ -26,7 +26,7 @@ BLOCK_BYTES = 256 << 20
 """Similarity block held at once by exact search (queries x gallery x 4 bytes)."""
 PROBE_FRACTION = 1 / 16
 """Inverted lists visited per query (IVF's nprobe) as a fraction of all lists: recall@10 0.95-1.0 in the
-benchmark's clustered features (1e4-1e6 images); less clustered features need more (README)."""
+benchmark's clustered features (1e4 and 1e5 images); less clustered features need more (README)."""
 
 
 @dataclass
