@@ -15,6 +15,12 @@ CheckpointOption = Annotated[
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")]
 RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="where to look for the newest checkpoint")]
+GeneratorNormOption = Annotated[
+    Optional[str], typer.Option(
+        "--generator-norm",
+        help="G_I's InstanceNorm at test time: 'running' (its running statistics) or 'instance' (each image's own) "
+             "\\[default: the checkpoint's model.generator_test_norm]")
+]
 
 
 def device_name(device: str | None) -> str:
@@ -51,6 +57,7 @@ def translate_command(
     batch_size: BatchOption = 32,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
+    generator_norm: GeneratorNormOption = None,
 ) -> None:
     """Translate RGB images to fake IR images with G_I (train-gan or train-joint checkpoint)."""
     from pfanet_cli.translate import translate_folder  # heavy: torch, not needed for --help
@@ -58,7 +65,7 @@ def translate_command(
     with progress_bar() as progress:
         summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
                                    device_name(device), overwrite, progress_callback(progress, "translate"),
-                                   follow_links)
+                                   follow_links, generator_norm)
     skipped = f"; skipped {len(summary.skipped)} undecodable file(s)" if summary.skipped else ""
     if summary.links_not_followed:
         skipped += (f"; skipped {len(summary.links_not_followed)} link(s) to files outside {rgb_dir} "
@@ -91,6 +98,7 @@ def extract_command(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
+    generator_norm: GeneratorNormOption = None,
 ) -> None:
     """Extract test features into a features .npz file: PFANet's flip-summed, L2-normalised GAP vectors (RGB
     through G_I), or AGW's fc or pool vectors (RGB through its visible stem)."""
@@ -101,9 +109,9 @@ def extract_command(
         advance = progress_callback(progress, "extract")
         if images is not None:
             result = extract_folder(checkpoint, images, modality, translate, batch_size, device_name(device),
-                                    runs_root, advance, feature, onnx=onnx)
+                                    runs_root, advance, feature, onnx=onnx, generator_norm=generator_norm)
         else:
             result = extract_split(checkpoint, data, split, translate, batch_size, device_name(device), runs_root,
-                                   advance, feature, onnx=onnx)
+                                   advance, feature, onnx=onnx, generator_norm=generator_norm)
     save_feature_set(out, result)
     console.print(f"wrote {len(result):,} features of size {result.dim} to {out}")

@@ -1,13 +1,13 @@
 """``extract``: the test feature of every image of a prepared split or an image folder.
 
 PFANet (a train-joint checkpoint): F's GAP vector of the image plus that of its horizontal flip,
-L2-normalised (SPEC §3); RGB images are first translated to fake IR by G_I (eval mode) unless ``translate``
-is off; IR images go in as they are. AGW (a train-agw checkpoint): RGB images go through the visible stem
-and IR images through the thermal stem, and the feature is AGW's fc or pool vector, L2-normalised, flipped
-or not (``agw.test_feature``, ``agw.test_flip``). Images are read in batches from the memory-mapped
-prepared array. The model is a checkpoint run with PyTorch (``inference/feature_model.py``, G_I in
-test mode), or an ONNX export of a PFANet checkpoint run with onnxruntime: the same numbers either way, to
-the export's parity tolerance.
+L2-normalised (SPEC §3); RGB images are first translated to fake IR by G_I (eval mode, its InstanceNorm as
+``model.generator_test_norm`` says) unless ``translate`` is off; IR images go in as they are. AGW (a
+train-agw checkpoint): RGB images go through the visible stem and IR images through the thermal stem, and the
+feature is AGW's fc or pool vector, L2-normalised, flipped or not (``agw.test_feature``, ``agw.test_flip``).
+Images are read in batches from the memory-mapped prepared array. The model is a checkpoint run with PyTorch
+(``inference/feature_model.py``, G_I in test mode), or an ONNX export of a PFANet checkpoint run with
+onnxruntime: the same numbers either way, to the export's parity tolerance.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from pfanet_cli.utils.images import BadImage, list_images, load_rgb
 def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, split: str = "test",
                   translate: bool = True, batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
                   on_progress: Progress | None = None, feature: str | None = None,
-                  onnx: Path | None = None) -> FeatureSet:
+                  onnx: Path | None = None, generator_norm: str | None = None) -> FeatureSet:
     """Features of every image of a prepared split (for SYSU's test split: queries and gallery), with
     the prepared data's official permutation file when it has one. ``data``: an opened prepared folder
     or its path. ``feature``: AGW's test vector instead of its recipe's (``fc`` or ``pool``). ``onnx``: an
-    export folder of ``pfanet export`` run with onnxruntime instead of a checkpoint."""
+    export folder of ``pfanet export`` run with onnxruntime instead of a checkpoint. ``generator_norm``
+    overrides the checkpoint's ``model.generator_test_norm`` (checkpoints only)."""
     model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root,
-                               feature=feature)
+                               feature=feature, generator_norm=generator_norm)
     if not isinstance(data, PreparedData):
         data = open_prepared(data)
     rows = data.split(split)
@@ -55,10 +56,10 @@ def extract_split(checkpoint: Path | None, data: PreparedData | str | Path, spli
 def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "auto", translate: bool = True,
                    batch_size: int = 64, device: str = "cpu", runs_root: Path = Path("runs"),
                    on_progress: Progress | None = None, feature: str | None = None,
-                   onnx: Path | None = None) -> FeatureSet:
+                   onnx: Path | None = None, generator_norm: str | None = None) -> FeatureSet:
     """Features of every image under ``image_dir`` (recursive). Identities and cameras are read from
     SYSU- or RegDB-style paths when present (-1 otherwise); ``modality`` says which images are RGB
-    (``auto``: from the camera in the path)."""
+    (``auto``: from the camera in the path); ``onnx`` and ``generator_norm`` as in :func:`extract_split`."""
     if modality not in ("auto", "rgb", "ir"):
         raise UsageError(f"--modality must be auto, rgb or ir, got {modality!r}")
     image_dir = Path(image_dir)
@@ -77,7 +78,7 @@ def extract_folder(checkpoint: Path | None, image_dir: Path, modality: str = "au
     else:
         is_rgb = np.full(len(files), modality == "rgb")
     model = open_feature_model(checkpoint, onnx, translate=translate, device=device, runs_root=runs_root,
-                               feature=feature)
+                               feature=feature, generator_norm=generator_norm)
     images = np.empty((len(files), *model.image_size, 3), dtype=np.uint8)
     for row, path in enumerate(files):
         try:

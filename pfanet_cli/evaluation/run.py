@@ -226,11 +226,11 @@ def directions(dataset: str, direction: str | None, all_settings: bool = False) 
 
 
 def source_card(source: EvaluationSource) -> dict:
-    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint and the
-    features file."""
+    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint, translation
+    and the features file."""
     fs = source.features
     provenance = fs.provenance or {}
-    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint")
+    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint", "translation")
             if key in provenance}
     card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
     if fs.source is not None:

@@ -172,7 +172,7 @@ def _model_json(model: CheckpointModel, graphs: dict[str, dict], opset: int, eva
                                    "input_norm": input_norm,
                                    **({"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if input_norm == "imagenet"
                                       else {})},
-        "generator_test_norm": "eval mode: G_I's InstanceNorm layers use their running statistics",
+        "generator_test_norm": model.generator_norm,
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "dim": model.extractor.feature_channels,
                    "feature": "v(image) + v(horizontal flip), L2-normalised (pooled v of F)"},
         "graphs": graphs,

@@ -19,6 +19,7 @@ from pfanet_cli.engine.checkpoint import load_checkpoint, rebuild_networks
 from pfanet_cli.errors import UsageError
 from pfanet_cli.evaluation.card import extraction_provenance
 from pfanet_cli.modeling.build import AGW, EXTRACTOR, GENERATOR_RGB2IR
+from pfanet_cli.modeling.gan import generator_test_norm
 from pfanet_cli.modeling.test_feature import set_test_mode
 from pfanet_cli.utils.digest import file_sha256
 
@@ -88,13 +89,18 @@ class FeatureModel(ABC):
 
 
 def load_feature_networks(checkpoint: Path, translate: bool, feature: str | None = None, purpose: str = "extract",
-                          require_rgb: bool = True) -> tuple[nn.Module, nn.Module | None, dict]:
-    """The feature network of a checkpoint in eval mode, with G_I when RGB images are to be translated (PFANet's
-    F), or AGW's network set to its recipe's test feature (``feature``, ``fc`` or ``pool``, overrides it); and
-    the checkpoint's payload. ``require_rgb`` off: a PFANet checkpoint without G_I gives no generator instead of
-    an error (exit 4)."""
+                          require_rgb: bool = True,
+                          generator_norm: str | None = None) -> tuple[nn.Module, nn.Module | None, dict]:
+    """The feature network of a checkpoint in test mode (:func:`set_test_mode`), with G_I when RGB images are to be
+    translated (PFANet's F), or AGW's network set to its recipe's test feature (``feature``, ``fc`` or ``pool``,
+    overrides it); and the checkpoint's payload. ``require_rgb`` off: a PFANet checkpoint without G_I gives no
+    generator instead of an error (exit 4). ``generator_norm`` overrides the checkpoint's
+    ``model.generator_test_norm`` for G_I's InstanceNorm."""
     payload = load_checkpoint(checkpoint)
     if payload.get("stage") == "train-agw":
+        if generator_norm is not None:
+            raise UsageError(f"--generator-norm {generator_norm}: {checkpoint} is AGW's (train-agw), which has no "
+                             "generator; RGB images go through its visible stem")
         net = rebuild_networks(payload, Path(checkpoint), [AGW], purpose)[AGW]
         options = (payload.get("recipe") or {}).get("agw") or {}
         net.configure_test(feature or options.get("test_feature", "fc"), bool(options.get("test_flip", False)))
@@ -106,6 +112,7 @@ def load_feature_networks(checkpoint: Path, translate: bool, feature: str | None
     if translate and (require_rgb or GENERATOR_RGB2IR in payload.get("networks", {})):
         keys.append(GENERATOR_RGB2IR)
     networks = rebuild_networks(payload, Path(checkpoint), keys, purpose)
+    set_test_mode(networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), generator_norm)
     return networks[EXTRACTOR], networks.get(GENERATOR_RGB2IR), payload
 
 
@@ -114,13 +121,15 @@ class CheckpointModel(FeatureModel):
     checkpoint, or AGW's two-stream network of a train-agw one (RGB through its visible stem)."""
 
     def __init__(self, checkpoint: Path, translate: bool = True, device: str = "cpu",
-                 purpose: str = "extract", require_rgb: bool = True, feature: str | None = None) -> None:
+                 purpose: str = "extract", require_rgb: bool = True, feature: str | None = None,
+                 generator_norm: str | None = None) -> None:
         """``require_rgb``: a PFANet checkpoint without G_I is an error (exit 4) when ``translate`` is on;
         otherwise the model has no RGB path (:attr:`has_rgb_path`) and the caller decides. ``feature``: AGW's
-        test vector instead of its recipe's."""
+        test vector instead of its recipe's. ``generator_norm``: G_I's test-time InstanceNorm instead of the
+        checkpoint's ``model.generator_test_norm``."""
         self.checkpoint = Path(checkpoint)
         self.extractor, self.generator, self.payload = load_feature_networks(self.checkpoint, translate, feature,
-                                                                             purpose, require_rgb)
+                                                                             purpose, require_rgb, generator_norm)
         self.device = device
         self.extractor.to(device)
         if self.generator is not None:
@@ -141,16 +150,23 @@ class CheckpointModel(FeatureModel):
         return compute_features(self.extractor, self.generator, images, is_rgb, self.image_size, batch_size,
                                 self.device, on_progress)
 
+    @property
+    def generator_norm(self) -> str | None:
+        """What G_I's InstanceNorm uses at test time (``running`` or ``instance``); None without G_I."""
+        return None if self.generator is None else generator_test_norm(self.generator)
+
     def provenance(self, split: str | None = None) -> dict[str, Any]:
-        """The card's source half (AGW's: with the test vector and flip it used)."""
+        """The card's source half (AGW's: with the test vector and flip it used; PFANet's: with G_I's test-time
+        InstanceNorm)."""
         agw = (self.extractor.test_vector, self.extractor.test_flip) if self.is_agw else None
         return extraction_provenance(str(self.checkpoint), self.payload, self.translate and agw is None, split,
-                                     agw_test=agw)
+                                     agw_test=agw, generator_norm=self.generator_norm or "running")
 
     @cached_property
     def fingerprint(self) -> str:
         agw = f" ({self.extractor.test_vector}, flip {self.extractor.test_flip})" if self.is_agw else ""
-        return f"checkpoint sha256 {file_sha256(self.checkpoint)}{agw}"
+        norm = f" (G_I test norm {self.generator_norm})" if self.generator is not None else ""
+        return f"checkpoint sha256 {file_sha256(self.checkpoint)}{agw}{norm}"
 
     @property
     def description(self) -> str:

@@ -136,7 +136,8 @@ class OnnxModel(FeatureModel):
     def provenance(self, split: str | None = None) -> dict[str, Any]:
         checkpoint = self.meta["checkpoint"]
         payload = {**checkpoint, "recipe": self.meta.get("recipe")}
-        source = extraction_provenance(checkpoint["path"], payload, self.translate, split)
+        source = extraction_provenance(checkpoint["path"], payload, self.translate, split,
+                                       generator_norm=self.meta.get("generator_test_norm") or "running")
         source["checkpoint"]["onnx_export"] = f"{self.folder} (onnxruntime {self.ort.__version__})"
         return source
 

@@ -1,9 +1,10 @@
 """The SPEC §3 test feature as one module, and how the networks are put in test mode.
 
 ``extract`` (``evaluation/extract.py``), validation and the ONNX export (``inference/export.py``) all call
-:func:`set_test_mode`, so how G_I normalises at test time is decided in one place: today eval mode, where G's
-InstanceNorm layers use their running statistics (``modeling/gan.py``) and F's BatchNorm layers theirs. A
-recipe switch for G's test-time normalisation changes this function only.
+:func:`set_test_mode`, and ``translate`` calls :func:`set_generator_test_mode`, so how G_I normalises at test
+time is decided in one place: eval mode, F's BatchNorm layers on their running statistics, and G's InstanceNorm
+layers as the checkpoint's ``model.generator_test_norm`` built them (``running`` statistics or each image's own,
+``modeling/gan.py``) unless ``--generator-norm`` overrides it.
 
 :class:`TestFeature` is the computation ``extract`` does for one modality, from pixels to feature: pixels in
 [0, 255] scaled to [-1, 1] as ``data.augment.to_unit_range`` does, G_I for the RGB path, then F (which applies its
@@ -17,14 +18,23 @@ from torch import Tensor, nn
 
 from pfanet_cli.data.augment import UNIT_SCALE
 from pfanet_cli.modeling.extractor import FeatureExtractor, flip_summed_features
+from pfanet_cli.modeling.gan import set_generator_test_norm
 
 
-def set_test_mode(extractor: nn.Module, generator: nn.Module | None = None) -> None:
-    """F and G_I as the test feature uses them: eval mode (F's BatchNorm and G's InstanceNorm on their
-    running statistics, dropout off)."""
+def set_generator_test_mode(generator: nn.Module, generator_norm: str | None = None) -> None:
+    """G_I in eval mode, its InstanceNorm as ``generator_norm`` says (``running`` or ``instance``) when given,
+    else as it was built (the checkpoint's ``model.generator_test_norm``)."""
+    if generator_norm is not None:
+        set_generator_test_norm(generator, generator_norm)
+    generator.eval()
+
+
+def set_test_mode(extractor: nn.Module, generator: nn.Module | None = None, generator_norm: str | None = None) -> None:
+    """F and G_I as the test feature uses them: eval mode (F's BatchNorm on its running statistics, dropout
+    off), G_I as :func:`set_generator_test_mode` puts it."""
     extractor.eval()
     if generator is not None:
-        generator.eval()
+        set_generator_test_mode(generator, generator_norm)
 
 
 class TestFeature(nn.Module):

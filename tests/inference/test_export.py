@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from pfanet_cli.cli import main
 from pfanet_cli.config import load_recipe
@@ -32,7 +33,7 @@ def test_the_graphs_give_the_features_extract_computes(exported, trained):
                              "batch": "dynamic"}
     assert set(meta["graphs"]) == {"ir", "rgb"} and meta["output"]["dim"] == 512
     assert meta["checkpoint"]["sha256"] == file_sha256(trained["joint"])
-    assert meta["normalisation_in_graph"]["input_norm"] == "imagenet"
+    assert meta["normalisation_in_graph"]["input_norm"] == "imagenet" and meta["generator_test_norm"] == "running"
     for path, report in meta["parity"].items():
         assert report["passed"] and report["max_abs_difference"] < 1e-5 and report["images"] == 8, path
     expected = extract_split(trained["joint"], trained["prep"])
@@ -48,6 +49,31 @@ def test_the_graphs_give_the_features_extract_computes(exported, trained):
     rgb = np.flatnonzero(~test.is_ir)[:3]
     np.testing.assert_allclose(ir_graph.features(test.images[rgb], np.ones(3, bool)), untranslated.features[rgb],
                                atol=1e-5, rtol=0)
+
+
+@needs_export
+def test_the_rgb_graph_uses_the_checkpoints_generator_test_norm(exported, trained, tmp_path):
+    """A checkpoint with ``model.generator_test_norm: instance``: its RGB graph normalises each image by its own
+    statistics, as extract does, and model.json names it; the running-statistics export gives other features."""
+    import onnxruntime as ort  # optional extra: only when installed
+
+    from pfanet_cli.inference.export import export_model  # heavy: the ONNX exporter, only with pfanet[export]
+
+    payload = torch.load(trained["joint"], weights_only=True)
+    payload["architecture"]["generator_test_norm"] = "instance"  # as train-joint writes it with the key set
+    torch.save(payload, tmp_path / "instance.pt")
+    out = tmp_path / "instance"
+    export_model(tmp_path / "instance.pt", out, "rgb", num_images=4)
+    meta = read_export(out)
+    assert meta["generator_test_norm"] == "instance" and meta["parity"]["rgb"]["passed"]
+    test = open_prepared(trained["prep"]).split("test")
+    rows = np.flatnonzero(~test.is_ir)[:4]
+    pixels = np.ascontiguousarray(test.images[rows].transpose(0, 3, 1, 2), np.float32)
+    expected = extract_split(tmp_path / "instance.pt", trained["prep"]).features[rows]
+    for folder in (out, exported):
+        session = ort.InferenceSession(str(folder / "feature_rgb.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(["features"], {"images": pixels})[0]
+        assert np.allclose(got, expected, atol=1e-5, rtol=0) == (folder == out), folder
 
 
 def test_export_refuses_bad_input_before_exporting(trained, tmp_path, capsys, monkeypatch):

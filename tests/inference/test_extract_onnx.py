@@ -63,6 +63,8 @@ def test_extract_onnx_errors(trained, tmp_path, capsys, monkeypatch):
     args = ["extract", "--data", str(trained["prep"]), "--out", str(tmp_path / "f.npz")]
     assert main([*args, "--onnx", str(tmp_path), "--checkpoint", str(trained["joint"])]) == 2
     assert "give --checkpoint or --onnx, not both" in error_line(capsys)
+    assert main([*args, "--onnx", str(tmp_path), "--generator-norm", "instance"]) == 2
+    assert "--generator-norm instance: an ONNX export's G_I norm was fixed at export" in error_line(capsys)
     if not extras.missing_from("export"):
         assert main([*args, "--onnx", str(tmp_path)]) == 4
         assert f"{tmp_path} is not a pfanet ONNX export (no model.json)" in error_line(capsys)
