@@ -24,7 +24,8 @@ from pfanet_cli.engine.checkpoint import GENERATOR_STAGES, restore_networks
 from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, DiskFull, UsageError
 from pfanet_cli.modeling.build import GENERATOR_RGB2IR
-from pfanet_cli.modeling.gan import generator_test_norm, set_generator_test_norm
+from pfanet_cli.modeling.gan import generator_test_norm
+from pfanet_cli.modeling.test_feature import set_generator_test_mode
 from pfanet_cli.utils.atomic import READ_ONLY_ERRNOS, check_writable_folder, save_image, write_text
 from pfanet_cli.utils.images import IMAGE_SUFFIXES, BadImage, list_images, load_rgb_and_size
 
@@ -110,8 +111,7 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, GENERATOR_STAGES, "translate")
     networks, payload = restore_networks(checkpoint, [GENERATOR_RGB2IR], "translate")
     generator = networks[GENERATOR_RGB2IR].to(device)
-    if generator_norm is not None:
-        set_generator_test_norm(generator, generator_norm)
+    set_generator_test_mode(generator, generator_norm)
     height, width = (int(v) for v in payload["image_size"])
     check_writable_folder(out_dir)
     records, skipped = [], []

@@ -69,6 +69,18 @@ def test_input_pipeline_benchmark_before_and_after_give_the_same_batches():
     assert set(result["wait_fraction"]["step_1ms"]) == {"before", "after"}
 
 
+def test_search_benchmark_times_exact_and_faiss_search_and_skips_what_does_not_fit():
+    result, done = run_script("search.py", "--sizes", "3000", "70000000", "--dims", "16", "--queries", "20",
+                              "--repeats", "1", "--skip-embedding", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = result["topk"]
+    assert (row["gallery"], row["dim"], row["queries"]) == (3000, 16, 20) and row["exact_batch_s"] > 0
+    assert result["skipped"] == ["70000000 x 16: 4 GiB of float32"]    # 4.5 GB: over the 4 GiB limit
+    if result["faiss"]:
+        assert 0 < row["faiss_recall_at_10"] <= 1 and row["faiss_index"].startswith("faiss IVF-Flat")
+        assert row["faiss_build_s"] > 0
+
+
 @pytest.mark.slow
 def test_ablation_trains_each_variant_per_seed_chooses_on_val_and_resumes(tmp_path):
     out = tmp_path / "ablation"

@@ -23,13 +23,15 @@ GeneratorNormOption = Annotated[
 ]
 
 
-def _device(device: str | None) -> str:
+def device_name(device: str | None) -> str:
+    """``--device`` resolved (auto: CUDA when available)."""
     from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, not needed for --help
 
     return str(resolve_device(device or "auto"))
 
 
-def _progress_callback(progress, description: str):
+def progress_callback(progress, description: str):
+    """A ``(done, total)`` callback that advances one task of a progress bar (created on the first call)."""
     task = None
 
     def advance(done: int, total: int) -> None:
@@ -62,7 +64,7 @@ def translate_command(
 
     with progress_bar() as progress:
         summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
-                                   _device(device), overwrite, _progress_callback(progress, "translate"),
+                                   device_name(device), overwrite, progress_callback(progress, "translate"),
                                    follow_links, generator_norm)
     skipped = f"; skipped {len(summary.skipped)} undecodable file(s)" if summary.skipped else ""
     if summary.links_not_followed:
@@ -74,6 +76,9 @@ def translate_command(
 
 def extract_command(
     checkpoint: CheckpointOption = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", help="an export folder of `pfanet export`, run with onnxruntime instead of --checkpoint (to check "
+                       "that the exported graphs give the checkpoint's protocol numbers)")] = None,
     data: Annotated[Path, typer.Option("--data", help="prepared data folder")] = Path("data/prepared/sysu"),
     split: Annotated[str, typer.Option("--split", help="prepared split to extract")] = "test",
     images: Annotated[
@@ -101,12 +106,12 @@ def extract_command(
     from pfanet_cli.evaluation.features import save_feature_set  # heavy: numpy, not needed for --help
 
     with progress_bar() as progress:
-        advance = _progress_callback(progress, "extract")
+        advance = progress_callback(progress, "extract")
         if images is not None:
-            result = extract_folder(checkpoint, images, modality, translate, batch_size, _device(device),
-                                    runs_root, advance, feature, generator_norm)
+            result = extract_folder(checkpoint, images, modality, translate, batch_size, device_name(device),
+                                    runs_root, advance, feature, onnx=onnx, generator_norm=generator_norm)
         else:
-            result = extract_split(checkpoint, data, split, translate, batch_size, _device(device), runs_root,
-                                   advance, feature, generator_norm)
+            result = extract_split(checkpoint, data, split, translate, batch_size, device_name(device), runs_root,
+                                   advance, feature, onnx=onnx, generator_norm=generator_norm)
     save_feature_set(out, result)
     console.print(f"wrote {len(result):,} features of size {result.dim} to {out}")

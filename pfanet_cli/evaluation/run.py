@@ -176,7 +176,8 @@ def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mod
     if source.dataset == "sysu":
         settings = list(ALL_SYSU_SETTINGS) if all_settings else [(mode, shot)]
         results = evaluate_sysu_settings(fs.features, fs.pids, fs.camids, fs.paths, settings, trials=trials,
-                                         sampler=sampler, perm=permutation.perm, max_rank=max_rank, rerank=rerank)
+                                         sampler=sampler, perm=permutation.perm, max_rank=max_rank, rerank=rerank,
+                                         multi_on_single="note" if all_settings else "refuse")
     elif source.dataset == "llcm":
         results = [evaluate_llcm(fs.features, fs.pids, fs.camids, fs.paths, direction=d, trials=trials,
                                  max_rank=max_rank, rerank=rerank)

@@ -165,9 +165,14 @@ class FeatureExtractor(nn.Module):
         return {"backbone": backbone, "head": head}
 
 
-@torch.no_grad()
-def extract_test_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
+def flip_summed_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
     """SPEC §3 test feature: v(image) + v(horizontal flip), L2-normalised (the caller puts F in eval mode and
-    translates RGB images with G_I first)."""
+    translates RGB images with G_I first). Differentiable and traceable: what the ONNX export records."""
     v = extractor.pooled_features(images) + extractor.pooled_features(torch.flip(images, dims=[3]))
     return F.normalize(v.float(), dim=1)
+
+
+@torch.no_grad()
+def extract_test_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
+    """:func:`flip_summed_features` without autograd (``extract``, validation)."""
+    return flip_summed_features(extractor, images)

@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from pfanet_cli.cli import main
-from pfanet_cli.evaluation.extract import extract_split, load_feature_networks
+from pfanet_cli.evaluation.extract import extract_split
+from pfanet_cli.inference.feature_model import load_feature_networks
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR, parameter_counts
 from pfanet_cli.modeling.gan import GreyGenerator
 from tests.helpers import TINY, error_line, small_config
