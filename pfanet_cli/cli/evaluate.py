@@ -84,8 +84,7 @@ def evaluate_command(
     from pfanet_cli.evaluation.rerank import rerank_config, rerank_device  # heavy: numpy and scipy, not for --help
 
     reranking = rerank_config(rerank, k1, k2, lambda_value)
-    if reranking is not None:
-        reranking = reranking.on(rerank_device(device))
+    reranking = reranking and reranking.on(rerank_device(device))    # None: off
     given = options_on_command_line(ctx, run.OPTION_DATASETS)
     if all_trials:
         run.refuse_options_for_other_datasets("regdb", given)
