@@ -5,7 +5,10 @@ What it does (every step is a `pfanet` command run in a subprocess, so what is m
 
 1. render the synthetic dataset (`--ids`, data seed 0, the default near-infrared model) and prepare it at the
    recipe's size with `--train-split train`, so the val identities are kept out of training;
-2. per training seed, `train-gan` once (the GAN variants of that seed share it);
+2. per training seed, `train-gan` once for each distinct GAN the variants ask for (its `gan` section, generator
+   keys, image size and `train` section as their recipe and overrides resolve them): the variants of one GAN
+   share it (`gan-seed<S>` for the recipe's own, `gan-<hash>-seed<S>` for another, e.g. a variant recipe with
+   other `gan.iterations`);
 3. per variant and seed, `train-joint` with `joint.validate_every` (`train-agw` with `agw.validate_every` for
    AGW's recipes): the SYSU protocol on the val identities
    keeps `best.pt` (best val mAP), which is the model scored;
@@ -29,6 +32,7 @@ recipe is AGW's (`model.method: agw`) trains with `train-agw` and `agw.validate_
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -41,12 +45,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pfanet_cli.config import load_recipe
+from pfanet_cli.config import Recipe, load_recipe, recipe_to_dict
 from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.modeling.build import GAN_ARCHITECTURE
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GAN = ("model.pixel_alignment=grey",)
+GAN_DATA_KEYS = ("height", "width", "flip")
+"""The ``data`` keys a train-gan run depends on (its batches are flipped, never padded or otherwise augmented)."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +144,58 @@ def common(plan: Plan, seed: int, recipe: str | None = None) -> list[str]:
             f"train.runs_root={plan.out / 'runs'}", "train.device=cpu", *plan.overrides]
 
 
-def train_gan(plan: Plan, seed: int, threads: int) -> Path:
-    out = plan.out / f"gan-seed{seed}"
+@dataclass(frozen=True)
+class GanRun:
+    """One train-gan run per seed: its folder prefix, and the recipe and overrides it is trained with."""
+
+    name: str
+    recipe: str | None = None
+    overrides: tuple[str, ...] = ()
+
+
+def gan_settings(recipe: Recipe) -> str:
+    """Everything of a recipe that a train-gan run's result depends on, as one string (equal: the same GAN)."""
+    values = recipe_to_dict(recipe)
+    return json.dumps({"gan": values["gan"], "train": values["train"],
+                       "model": {key: values["model"][key] for key in GAN_ARCHITECTURE},
+                       "data": {key: values["data"][key] for key in GAN_DATA_KEYS}}, sort_keys=True)
+
+
+def _concerns_gan(override: str) -> bool:
+    key = override.partition("=")[0].strip()
+    section, _, name = key.partition(".")
+    return section in ("gan", "train") or (section == "model" and name in GAN_ARCHITECTURE) or \
+        (section == "data" and name in GAN_DATA_KEYS)
+
+
+def gan_runs(plan: Plan) -> dict[str, GanRun]:
+    """The train-gan run each GAN variant starts from: variants whose recipe and overrides resolve to the same GAN
+    settings share one (``gan``: the plan's recipe's own); another is trained with that variant's recipe and its
+    overrides that concern the GAN."""
+    default = gan_settings(load_recipe(plan.recipe, plan.overrides))
+    by_settings, chosen = {default: GanRun("gan")}, {}
+    for variant in plan.variants:
+        if not variant.gan:
+            continue
+        settings = gan_settings(load_recipe(variant.recipe or plan.recipe, [*plan.overrides, *variant.overrides]))
+        if settings not in by_settings:
+            own = tuple(o for o in variant.overrides if _concerns_gan(o))
+            if gan_settings(load_recipe(variant.recipe or plan.recipe, [*plan.overrides, *own])) != settings:
+                raise ValueError(f"variant {variant.name!r}: its GAN settings depend on an override this script "
+                                 "does not pass to train-gan; give the variant its own recipe file")
+            digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+            by_settings[settings] = GanRun(f"gan-{digest}", variant.recipe, own)
+        chosen[variant.name] = by_settings[settings]
+    return chosen
+
+
+def train_gan(plan: Plan, seed: int, gan: GanRun, threads: int) -> Path:
+    out = plan.out / f"{gan.name}-seed{seed}"
     checkpoint = out / "checkpoints" / "last.pt"
     if not checkpoint.is_file():
         resume = ["--resume", "auto"] if out.exists() else []
-        run(plan, ["train-gan", *common(plan, seed), "--out", str(out), *resume], plan.out / "logs" / f"{out.name}.log",
-            threads)
+        run(plan, ["train-gan", *common(plan, seed, gan.recipe), *gan.overrides, "--out", str(out), *resume],
+            plan.out / "logs" / f"{out.name}.log", threads)
     return checkpoint
 
 
@@ -248,9 +300,10 @@ def execute(plan: Plan) -> dict:
     plan.out.mkdir(parents=True, exist_ok=True)
     prepare_data(plan)
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-        gans = {seed: pool.submit(train_gan, plan, seed, threads)
-                for seed in plan.seeds if any(v.gan for v in plan.variants)}
-        futures = [pool.submit(train_and_score, plan, v, seed, gans.get(seed) if v.gan else None, threads)
+        chosen = gan_runs(plan)
+        gans = {(gan, seed): pool.submit(train_gan, plan, seed, gan, threads)
+                for seed in plan.seeds for gan in dict.fromkeys(chosen.values())}
+        futures = [pool.submit(train_and_score, plan, v, seed, gans[chosen[v.name], seed] if v.gan else None, threads)
                    for seed in plan.seeds for v in plan.variants]
         results = [f.result() for f in futures]
     wall = time.perf_counter() - started

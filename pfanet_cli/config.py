@@ -87,7 +87,7 @@ class ModelConfig:
     backbone: Literal["resnet18", "resnet34", "resnet50"] = _key("resnet50", help="torchvision ResNet of F")
     pretrained: str = _key("imagenet", help="imagenet (local file or torch hub cache), none, or a path")
     last_stride: Literal[1, 2] = _key(1, help="stride of layer4 (1 gives an 18x9 map at 288x144)")
-    bng: bool = _key(True, help="BNG attention: NAM gate in every block + GAM after every stage")
+    bng: bool = _key(True, help="BNG attention: NAM gate + GAM, placed as model.bng_placement says")
     bng_form: Literal["residual", "plain"] = _key("residual", help="GAM applied as x*(1+M) or x*M")
     nam_gated: Literal["bn_output", "bn_input"] = _key(
         "bn_output", help="what the NAM gate sigmoid(w*BN(x)) multiplies: BN(x), keeping the block's pretrained BN, "
@@ -117,6 +117,12 @@ class ModelConfig:
         "agw", help="AGW's non-local blocks (model.method=agw): 'agw' embeds in 1 channel as AGW's code does (the "
                     "published model), 'half' in C/2 (Wang et al.'s design, a different model), 'off' none")
     pooling: Literal["gem", "avg"] = _key("gem", help="AGW's pooling (model.method=agw): GeM with p = 3, or average")
+    generator_test_norm: Literal["running", "instance"] = _key(
+        "running", help="G's InstanceNorm in eval mode (extract, translate, validation): its running statistics "
+                        "(AlignGAN, SPEC) or each image's own statistics, as in training")
+    bng_placement: Literal["blocks", "stages"] = _key(
+        "blocks", help="BNG's channel gate: in every residual block on its last BN, GAM after each stage; or one "
+                       "new BN -> NAM gate -> GAM module at each stage output (eqs. 9-10 as one block)")
 
 
 @dataclass
@@ -153,7 +159,7 @@ class LossWeights:
 
 @dataclass
 class JointConfig:
-    warmup_iterations: int = _key(5000, _non_negative, "phase 1: F on IR and fake IR only")
+    warmup_iterations: int = _key(5000, _non_negative, "phase 1: F alone (on joint.warmup_images)")
     iterations: int = _key(10100, _non_negative, "phase 2: joint F, G, D iterations")
     lr_decay_at: int = _key(5000, _non_negative, "joint iteration after which all learning rates decay")
     lr_decay_factor: float = _key(0.1, _positive, "learning-rate decay factor")
@@ -178,6 +184,24 @@ class JointConfig:
     validate_trials: int = _key(10, _at_least(1), "gallery trials of each validation")
     gan_batch: GanBatchConfig = field(default_factory=GanBatchConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    warmup_images: Literal["ir_and_fake", "ir_only"] = _key(
+        "ir_and_fake", help="F's warm-up: real IR and fake IR (G_I of the RGB images), or real IR only "
+                            "(AlignGAN's feature warm-up, which needs no G)")
+    generator_warmup_iterations: int = _key(
+        0, _non_negative, "phase between the F warm-up and the joint phase: G trained against plain PatchGANs "
+                          "with lambda3 CE + lambda4 triplet through the warmed F (AlignGAN's pixel warm-up; 0 = off)")
+    f_step_bn: Literal["joint", "per_modality"] = _key(
+        "joint", help="F step: fake and real IR in one forward (shared BN statistics) or one forward each "
+                      "(AlignGAN)")
+    gen_adv_feature: Literal["fake", "real_detached"] = _key(
+        "fake", help="feature map D_I sees with G's fake IR in the G step: f(x'_ir) with gradient through F "
+                     "(eq. 1) or f(x_ir) detached (AlignGAN)")
+    loss_scaling: Literal["pfanet", "aligngan"] = _key(
+        "pfanet", help="pfanet: eqs. 6/7/14/15 (pairs summed, G's triplet halved, F's CE one mean over the "
+                       "union); aligngan: pairs averaged, G's triplet terms summed, F's CE a sum of two means")
+    f_step_translate: Literal["after_pad", "before_pad"] = _key(
+        "after_pad", help="F's fake IR: G_I of the padded, cropped RGB, or G_I of the RGB image, then the same "
+                          "pad, crop and flip")
 
     def resolved_margin(self) -> float:
         if self.triplet_margin is not None:

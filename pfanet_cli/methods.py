@@ -13,15 +13,33 @@ ERASING = "area 0.02-0.4, aspect 0.3-3.33, fill (0.4914, 0.4822, 0.4465) of the 
 
 
 def require_stage_method(recipe: Recipe, stage: str) -> None:
-    """A usage error when ``stage`` does not train the recipe's method, saying which command does."""
+    """A usage error when ``stage`` does not train the recipe's method, saying which command does, or when two of
+    train-joint's keys contradict each other."""
     wanted = STAGE_METHODS[stage]
     if recipe.model.method == wanted:
+        if stage == "train-joint":
+            _require_compatible_joint_keys(recipe)
         return
     if recipe.model.method == "agw":
         raise UsageError(f"recipe '{recipe.name}' is AGW (model.method=agw), which trains in one stage without a GAN: "
                          f"run pfanet train-agw with it, not {stage}")
     raise UsageError(f"recipe '{recipe.name}' is PFANet (model.method=pfanet): train it with pfanet train-gan, then "
                      f"pfanet train-joint; {stage} trains model.method=agw recipes")
+
+
+def _require_compatible_joint_keys(recipe: Recipe) -> None:
+    """The grey ablation has no G to warm up; ``before_pad`` defers only the RGB images' pad, crop and flip, so it
+    does not decide where their greyscale, erasing or channel exchange would go."""
+    joint = recipe.joint
+    if joint.generator_warmup_iterations and recipe.model.pixel_alignment == "grey":
+        raise UsageError(f"recipe '{recipe.name}': joint.generator_warmup_iterations="
+                         f"{joint.generator_warmup_iterations} trains G, and model.pixel_alignment=grey has none (a "
+                         "fixed luma conversion); set it to 0")
+    rgb_augmentations = [f"data.{key}" for key in ("grayscale", "erasing", "channel_exchange")
+                         if getattr(recipe.data, key)]
+    if joint.f_step_translate == "before_pad" and rgb_augmentations:
+        raise UsageError(f"recipe '{recipe.name}': joint.f_step_translate=before_pad defers only the RGB images' pad, "
+                         f"crop and flip until after G_I, not {', '.join(rgb_augmentations)}; use after_pad with them")
 
 
 def describe_method(recipe: Recipe) -> str:

@@ -2,8 +2,10 @@
 
 Every image under the input folder (recursive) is converted to RGB, resized to the model's input
 size, translated in batches, and written under the output folder at the same relative path —
-resized back to its original size by default (``keep_size``), or at the model size. A manifest
-records the checkpoint and every file written. Existing outputs are never overwritten unless asked.
+resized back to its original size by default (``keep_size``), or at the model size. G_I runs in eval
+mode, its InstanceNorm as ``model.generator_test_norm`` says (or ``generator_norm``). A manifest
+records the checkpoint, that normalisation and every file written. Existing outputs are never
+overwritten unless asked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pfanet_cli.engine.checkpoint import GENERATOR_STAGES, restore_networks
 from pfanet_cli.engine.rundir import newest_checkpoint
 from pfanet_cli.errors import DataError, DiskFull, UsageError
 from pfanet_cli.modeling.build import GENERATOR_RGB2IR
+from pfanet_cli.modeling.gan import generator_test_norm
+from pfanet_cli.modeling.test_feature import set_generator_test_mode
 from pfanet_cli.utils.atomic import READ_ONLY_ERRNOS, check_writable_folder, save_image, write_text
 from pfanet_cli.utils.images import IMAGE_SUFFIXES, BadImage, list_images, load_rgb_and_size
 
@@ -92,9 +96,10 @@ def _write_image(pixels: np.ndarray, target: Path, size: tuple[int, int] | None,
 def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = None, runs_root: Path = Path("runs"),
                      keep_size: bool = True, batch_size: int = 32, device: str = "cpu", overwrite: bool = False,
                      on_progress: Callable[[int, int], None] | None = None,
-                     follow_links: bool = False) -> TranslateSummary:
+                     follow_links: bool = False, generator_norm: str | None = None) -> TranslateSummary:
     """Translate every image under ``rgb_dir`` into ``out_dir`` (see the module docstring). Links to files
-    outside ``rgb_dir`` are skipped (and listed) unless ``follow_links``."""
+    outside ``rgb_dir`` are skipped (and listed) unless ``follow_links``. G_I's InstanceNorm uses what the
+    checkpoint's ``model.generator_test_norm`` says, or ``generator_norm`` when given."""
     rgb_dir, out_dir = Path(rgb_dir), Path(out_dir)
     images = _check_folders(rgb_dir, out_dir)
     outside = [] if follow_links else _outside_links(images, rgb_dir)
@@ -106,6 +111,7 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
     checkpoint = Path(checkpoint) if checkpoint else newest_checkpoint(runs_root, GENERATOR_STAGES, "translate")
     networks, payload = restore_networks(checkpoint, [GENERATOR_RGB2IR], "translate")
     generator = networks[GENERATOR_RGB2IR].to(device)
+    set_generator_test_mode(generator, generator_norm)
     height, width = (int(v) for v in payload["image_size"])
     check_writable_folder(out_dir)
     records, skipped = [], []
@@ -136,7 +142,7 @@ def translate_folder(rgb_dir: Path, out_dir: Path, checkpoint: Path | None = Non
     manifest = out_dir / MANIFEST_NAME
     write_text(manifest, json.dumps({
         "checkpoint": str(checkpoint), "stage": payload["stage"], "model_size": [height, width],
-        "keep_size": keep_size, "source": str(rgb_dir), "images": records, "skipped": skipped,
-        "links_not_followed": links,
+        "generator_test_norm": generator_test_norm(generator), "keep_size": keep_size, "source": str(rgb_dir),
+        "images": records, "skipped": skipped, "links_not_followed": links,
     }, indent=2))
     return TranslateSummary(out_dir, checkpoint, len(records), skipped, manifest, links)

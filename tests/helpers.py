@@ -14,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pfanet_cli.config import ModelConfig, Recipe, load_recipe
+from pfanet_cli.config import ModelConfig, Recipe, load_recipe, recipe_to_dict
 from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data import llcm
+from pfanet_cli.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+from pfanet_cli.modeling.build import build_networks
 from pfanet_cli.evaluation.protocols import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,3 +262,13 @@ class SmallDisk:
     def close(self) -> None:
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.root)], check=False)
+
+
+def untrained_checkpoint(path: Path, recipe: Recipe, num_classes: int = 8) -> Path:
+    """A train-joint checkpoint of the recipe's freshly initialised networks (no training, no data)."""
+    networks = build_networks(recipe.model, num_classes, joint_discriminator=True, load_pretrained=False)
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "stage": "train-joint",
+                           "architecture": recipe_to_dict(recipe)["model"], "num_classes": num_classes,
+                           "image_size": [recipe.data.height, recipe.data.width], "recipe": recipe_to_dict(recipe),
+                           "networks": {key: net.state_dict() for key, net in networks.items()}})
+    return path

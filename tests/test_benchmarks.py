@@ -69,6 +69,18 @@ def test_input_pipeline_benchmark_before_and_after_give_the_same_batches():
     assert set(result["wait_fraction"]["step_1ms"]) == {"before", "after"}
 
 
+def test_search_benchmark_times_exact_and_faiss_search_and_skips_what_does_not_fit():
+    result, done = run_script("search.py", "--sizes", "3000", "70000000", "--dims", "16", "--queries", "20",
+                              "--repeats", "1", "--skip-embedding", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = result["topk"]
+    assert (row["gallery"], row["dim"], row["queries"]) == (3000, 16, 20) and row["exact_batch_s"] > 0
+    assert result["skipped"] == ["70000000 x 16: 4 GiB of float32"]    # 4.5 GB: over the 4 GiB limit
+    if result["faiss"]:
+        assert 0 < row["faiss_recall_at_10"] <= 1 and row["faiss_index"].startswith("faiss IVF-Flat")
+        assert row["faiss_build_s"] > 0
+
+
 @pytest.mark.slow
 def test_ablation_trains_each_variant_per_seed_chooses_on_val_and_resumes(tmp_path):
     out = tmp_path / "ablation"
@@ -122,3 +134,30 @@ def test_ablation_trains_agw_recipes_with_train_agw_and_pfanet_ones_with_train_j
     assert stage == "train-joint" and args[1] == "demo_pfanet_caj.yaml" and "joint.validate_every=25" in args
     assert args[args.index("--init-gan") + 1] == str(tmp_path / "gan.pt")
     assert ablation.training_command(plan, pfanet, 0, tmp_path / "q", None)[2][1] == "demo_cpu.yaml"
+
+
+def test_ablation_trains_one_gan_per_distinct_gan_settings_per_seed(tmp_path):
+    """Variants whose recipe and overrides give the same GAN share the seed's train-gan run (`gan`); a variant
+    recipe or override with other `gan.iterations` gets its own run, trained with that recipe and only its
+    overrides that concern the GAN, never the default recipe's shorter or longer GAN."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ablation  # the benchmark script, imported to check the runs it would make
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    longer = tmp_path / "longer_gan.yaml"
+    longer.write_text(f"base: {REPO / 'recipes' / 'demo_cpu.yaml'}\nname: longer_gan\ngan:\n  iterations: 300\n")
+    variants = [*ablation.VARIANT_SETS["baselines"], ablation.Variant("B", ("model.bng=false", "joint.iterations=5")),
+                ablation.parse_variant("short=gan.iterations=50,model.mmm=false"),
+                ablation.Variant("longer", recipe=str(longer)), ablation.Variant("grey", ablation.NO_GAN, gan=False)]
+    plan = ablation.Plan(tmp_path, "demo_cpu.yaml", 20, [0], variants, ["train.log_every=5"], 1, 25, False)
+    chosen = ablation.gan_runs(plan)
+    assert set(chosen) == {"PFANet", "PFANet + CAJ augmentation", "B", "short", "longer"}  # AGW, CAJ, grey: none
+    assert chosen["PFANet"] == chosen["PFANet + CAJ augmentation"] == chosen["B"] == ablation.GanRun("gan")
+    short, own = chosen["short"], chosen["longer"]
+    assert short.overrides == ("gan.iterations=50",) and short.recipe is None and short.name.startswith("gan-")
+    assert own.recipe == str(longer) and own.overrides == () and len({short.name, own.name, "gan"}) == 3
+    recipes = {name: ablation.load_recipe(run.recipe or plan.recipe, [*plan.overrides, *run.overrides])
+               for name, run in chosen.items()}
+    iterations = {name: recipe.gan.iterations for name, recipe in recipes.items()}
+    assert iterations == {"PFANet": 150, "PFANet + CAJ augmentation": 150, "B": 150, "short": 50, "longer": 300}

@@ -156,3 +156,16 @@ def test_translated_images_on_a_full_disk_keep_earlier_outputs_and_finish_after(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     small_disk.free()
     assert main([*command, "--overwrite"]) == 0
+
+
+def test_translate_uses_the_checkpoints_generator_test_norm_unless_told(trained, tmp_path):
+    """``--generator-norm`` (``model.generator_test_norm``): the manifest names what G_I's InstanceNorm used."""
+    source = tmp_path / "rgb"
+    write_image(source / "one.png", np.random.default_rng(1), (64, 32))
+    translate_folder(source, tmp_path / "running", trained["joint"])
+    translate_folder(source, tmp_path / "instance", trained["joint"], generator_norm="instance")
+    manifests = [json.loads((tmp_path / name / "translate_manifest.json").read_text())
+                 for name in ("running", "instance")]
+    assert [m["generator_test_norm"] for m in manifests] == ["running", "instance"]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "running/one.png")),
+                              np.asarray(Image.open(tmp_path / "instance/one.png")))

@@ -11,9 +11,10 @@ import traceback
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from pfanet_cli import __version__
-from pfanet_cli.cli import common, data, demo, evaluate, inference, train, trials
+from pfanet_cli.cli import common, data, demo, deploy, evaluate, inference, train, trials
 from pfanet_cli.errors import EXIT_OTHER, PfanetError
 from pfanet_cli.utils.atomic import disk_full, is_out_of_space
 from pfanet_cli.utils.console import error_console
@@ -53,6 +54,8 @@ common.register(app, "train-joint", train.train_joint_command)
 common.register(app, "train-agw", train.train_agw_command)
 common.register(app, "translate", inference.translate_command)
 common.register(app, "extract", inference.extract_command)
+common.register(app, "export", deploy.export_command)
+common.register(app, "search", deploy.search_command)
 common.register(app, "evaluate", evaluate.evaluate_command)
 common.register(app, "convert-features", evaluate.convert_features_command)
 common.register(app, "regdb-all", trials.regdb_all_command)
@@ -62,7 +65,7 @@ common.register(app, "demo", demo.demo_command)
 def _report(exc: BaseException, message: str, code: int) -> int:
     if common.debug_enabled():
         traceback.print_exception(exc)
-    error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    error_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
     return code
 
 

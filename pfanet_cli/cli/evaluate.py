@@ -54,8 +54,8 @@ def evaluate_command(
     direction: Annotated[Optional[str], typer.Option(
         "--direction", help="RegDB: v2t, t2v or both \\[v2t]; LLCM: ir2vis, vis2ir or both \\[ir2vis]")] = None,
     all_trials: Annotated[bool, typer.Option(
-        "--all-trials", help="RegDB: evaluate every trial of --trial (one model per trial), both directions, "
-                             "and report the mean ± std over trials")] = False,
+        "--all-trials", help="RegDB: evaluate every trial of --trial (one model per trial) in --direction (both "
+                             "by default), and report the mean ± std over trials")] = False,
     trial: Annotated[str, typer.Option(
         "--trial", help="with --all-trials: the RegDB trials, all or a list such as 1,2")] = "all",
     rerank: RerankOption = "off",
@@ -90,7 +90,8 @@ def evaluate_command(
         run.refuse_options_for_other_datasets("regdb", given)
         per_trial = regdb_trials.evaluate_regdb_trials(
             parse_trials(trial), features=features, checkpoint=checkpoint, dataset=dataset,
-            data_root=data or run.DEFAULT_DATA_ROOT / "regdb", device=device, max_rank=max_rank, rerank=reranking)
+            data_root=data or run.DEFAULT_DATA_ROOT / "regdb", device=device, max_rank=max_rank, rerank=reranking,
+            direction=direction)
         regdb_trials.report_regdb_trials(per_trial, json_out=json_out, cmc_plot=cmc_plot)
         return
     source = run.open_evaluation(features, checkpoint, data, dataset, device, options_given=given)
@@ -120,11 +121,13 @@ def convert_features_command(
     out: Annotated[Path, typer.Option("--out", help="features .npz to write")] = Path("features.npz"),
     dataset: Annotated[str, typer.Option("--dataset", help="sysu, regdb or llcm")] = "sysu",
     fmt: Annotated[str, typer.Option("--format", help="auto (by the file), mat or npy")] = "auto",
-    query_modality: Annotated[str, typer.Option(
-        "--query-modality", help="modality of the export's query side: ir (SYSU, LLCM ir2vis, RegDB t2v) or rgb")
-    ] = "ir",
+    query_modality: Annotated[Optional[str], typer.Option(
+        "--query-modality", help="modality of the export's query arrays: ir or rgb \\[default: ir for SYSU-MM01 "
+                                 "and LLCM; RegDB: required, AGW's test.py exports visible queries (rgb), DEEN's "
+                                 "thermal ones (ir)]")] = None,
     variant: Annotated[Optional[str], typer.Option(
-        "--variant", help="npy: which feature arrays, e.g. pool for query_feat_pool / gall_feat_pool")] = None,
+        "--variant", help="npy: which feature arrays: pool for query_feat_pool / gall_feat_pool, 1 for DEEN's "
+                          "query_feat1 / gall_feat1, all to join every variant")] = None,
     paths: Annotated[Optional[Path], typer.Option(
         "--paths", help="text file of the rows' raw-relative image paths, query rows then gallery rows "
                         "\\[default: the n-th image of a folder is named as its n-th file]")] = None,

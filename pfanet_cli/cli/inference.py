@@ -15,15 +15,23 @@ CheckpointOption = Annotated[
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")]
 RunsRootOption = Annotated[Path, typer.Option("--runs-root", help="where to look for the newest checkpoint")]
+GeneratorNormOption = Annotated[
+    Optional[str], typer.Option(
+        "--generator-norm",
+        help="G_I's InstanceNorm at test time: 'running' (its running statistics) or 'instance' (each image's own) "
+             "\\[default: the checkpoint's model.generator_test_norm]")
+]
 
 
-def _device(device: str | None) -> str:
+def device_name(device: str | None) -> str:
+    """``--device`` resolved (auto: CUDA when available)."""
     from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, not needed for --help
 
     return str(resolve_device(device or "auto"))
 
 
-def _progress_callback(progress, description: str):
+def progress_callback(progress, description: str):
+    """A ``(done, total)`` callback that advances one task of a progress bar (created on the first call)."""
     task = None
 
     def advance(done: int, total: int) -> None:
@@ -49,14 +57,15 @@ def translate_command(
     batch_size: BatchOption = 32,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
+    generator_norm: GeneratorNormOption = None,
 ) -> None:
     """Translate RGB images to fake IR images with G_I (train-gan or train-joint checkpoint)."""
     from pfanet_cli.translate import translate_folder  # heavy: torch, not needed for --help
 
     with progress_bar() as progress:
         summary = translate_folder(rgb_dir, out_dir, checkpoint, runs_root, keep_size, batch_size,
-                                   _device(device), overwrite, _progress_callback(progress, "translate"),
-                                   follow_links)
+                                   device_name(device), overwrite, progress_callback(progress, "translate"),
+                                   follow_links, generator_norm)
     skipped = f"; skipped {len(summary.skipped)} undecodable file(s)" if summary.skipped else ""
     if summary.links_not_followed:
         skipped += (f"; skipped {len(summary.links_not_followed)} link(s) to files outside {rgb_dir} "
@@ -67,6 +76,9 @@ def translate_command(
 
 def extract_command(
     checkpoint: CheckpointOption = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        "--onnx", help="an export folder of `pfanet export`, run with onnxruntime instead of --checkpoint (to check "
+                       "that the exported graphs give the checkpoint's protocol numbers)")] = None,
     data: Annotated[Path, typer.Option("--data", help="prepared data folder")] = Path("data/prepared/sysu"),
     split: Annotated[str, typer.Option("--split", help="prepared split to extract")] = "test",
     images: Annotated[
@@ -86,6 +98,7 @@ def extract_command(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     runs_root: RunsRootOption = Path("runs"),
+    generator_norm: GeneratorNormOption = None,
 ) -> None:
     """Extract test features into a features .npz file: PFANet's flip-summed, L2-normalised GAP vectors (RGB
     through G_I), or AGW's fc or pool vectors (RGB through its visible stem)."""
@@ -93,12 +106,12 @@ def extract_command(
     from pfanet_cli.evaluation.features import save_feature_set  # heavy: numpy, not needed for --help
 
     with progress_bar() as progress:
-        advance = _progress_callback(progress, "extract")
+        advance = progress_callback(progress, "extract")
         if images is not None:
-            result = extract_folder(checkpoint, images, modality, translate, batch_size, _device(device),
-                                    runs_root, advance, feature)
+            result = extract_folder(checkpoint, images, modality, translate, batch_size, device_name(device),
+                                    runs_root, advance, feature, onnx=onnx, generator_norm=generator_norm)
         else:
-            result = extract_split(checkpoint, data, split, translate, batch_size, _device(device), runs_root,
-                                   advance, feature)
+            result = extract_split(checkpoint, data, split, translate, batch_size, device_name(device), runs_root,
+                                   advance, feature, onnx=onnx, generator_norm=generator_norm)
     save_feature_set(out, result)
     console.print(f"wrote {len(result):,} features of size {result.dim} to {out}")

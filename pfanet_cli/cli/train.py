@@ -81,8 +81,13 @@ def train_joint_command(
     init_gan: Annotated[
         Optional[str], typer.Option(
             "--init-gan", help="train-gan checkpoint to start G_I and G_R from, or 'none' for random generators "
-                               "(warned) \\[default: the newest finished train-gan run of the recipe]")
+                               "(warned) \\[default: the newest finished train-gan run of the recipe on the same "
+                               "prepared data and image size]")
     ] = None,
+    init_gan_any: Annotated[
+        bool, typer.Option("--init-gan-any", help="accept an --init-gan checkpoint trained on other prepared data "
+                                                  "or at another image size (refused otherwise)")
+    ] = False,
     out: OutOption = None,
     resume: ResumeOption = None,
     device: DeviceOption = None,
@@ -93,7 +98,8 @@ def train_joint_command(
     """Feature warm-up, then joint PFANet training of F, G_I/G_R and the joint discriminator."""
     from pfanet_cli.engine.train_joint import JointTrainer  # heavy: torch, not needed for --help
 
-    _train(JointTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json, init_gan=init_gan)
+    _train(JointTrainer, _load(recipe, overrides, device, seed), out, resume, dry_run, as_json, init_gan=init_gan,
+           init_gan_any=init_gan_any)
 
 
 def train_agw_command(

@@ -138,6 +138,23 @@ def crop_and_flip(batch: torch.Tensor, plan: CropPlan, pad: int) -> torch.Tensor
     return out * inside[..., None].to(out.dtype)
 
 
+def defer_crop(plan: CropPlan, count: int, pad: int) -> tuple[CropPlan, CropPlan]:
+    """Split ``plan`` for a batch whose first ``count`` samples are augmented later (``joint.f_step_translate:
+    before_pad``: RGB images are translated first). Returns the plan to apply now, in which those samples are
+    left as they are (no shift, no flip), and their own plan, to apply to what they become."""
+    keep = torch.full((count,), pad, dtype=plan.top.dtype)
+    now = CropPlan(torch.cat([keep, plan.top[count:]]), torch.cat([keep, plan.left[count:]]),
+                   torch.cat([torch.zeros(count, dtype=torch.bool), plan.flipped[count:]]))
+    return now, CropPlan(plan.top[:count], plan.left[:count], plan.flipped[:count])
+
+
+def crop_and_flip_unit_range(batch: torch.Tensor, plan: CropPlan, pad: int) -> torch.Tensor:
+    """Pad + crop and flip an N×3×H×W batch in [-1, 1] (e.g. G_I's output) by ``plan``; the padding is -1, what
+    a zero uint8 pixel becomes, so the result is what :func:`crop_and_flip` gives for the same images in uint8."""
+    nhwc = batch.permute(0, 2, 3, 1) + 1.0
+    return (crop_and_flip(nhwc, plan.to(batch.device), pad) - 1.0).permute(0, 3, 1, 2)
+
+
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return batch.float().div_(UNIT_SCALE).sub_(1.0)

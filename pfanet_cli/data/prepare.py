@@ -37,7 +37,13 @@ from pfanet_cli.data.format import (
     write_manifest,
 )
 from pfanet_cli.errors import DataError, UsageError
-from pfanet_cli.utils.atomic import process_alive, raise_disk_full, reserve_space
+from pfanet_cli.utils.atomic import (
+    raise_disk_full,
+    recover_interrupted_folder,
+    replace_folder,
+    reserve_space,
+    temporary_folder,
+)
 from pfanet_cli.utils.images import BadImage, load_rgb
 
 CHUNK_SIZE = 256
@@ -170,29 +176,6 @@ def _drop_rows(npy: Path, rows: list[int]) -> None:
 # The prepare pipeline
 
 
-def _recover_interrupted(out: Path) -> None:
-    """Undo what a killed prepare-data left beside ``out``: its half-built ``.NAME.tmp-PID`` folder, and the
-    previous version moved aside as ``.NAME.old-PID`` in the instant before the new one took its place
-    (put back when ``out`` is missing)."""
-    for entry in sorted(out.parent.glob(f".{out.name}.*-*")):
-        kind, _, pid = entry.name[len(out.name) + 2:].rpartition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or process_alive(int(pid)):
-            continue
-        if kind == "old" and not out.exists():
-            os.replace(entry, out)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap ``tmp`` in as ``out``; the old ``out`` is removed only after the swap succeeded."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} is a file, expected a folder for the prepared data")
@@ -208,7 +191,7 @@ def prepare_splits(raw: Path, out: Path, dataset: str, splits: dict[str, list[Im
     started = time.perf_counter()
     out = Path(out)
     if out.parent.is_dir():
-        _recover_interrupted(out)
+        recover_interrupted_folder(out)
     _check_output_dir(out)
     fingerprint = source_fingerprint(raw, splits, extra_files, settings)
     counts = {name: len(entries) for name, entries in splits.items()}
@@ -220,7 +203,7 @@ def prepare_splits(raw: Path, out: Path, dataset: str, splits: dict[str, list[Im
     decode = _Decode(raw, (settings["height"], settings["width"]), workers or os.cpu_count() or 1, fast, skip_bad,
                      on_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = temporary_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     bad_files = list(bad_listing)
@@ -244,7 +227,7 @@ def prepare_splits(raw: Path, out: Path, dataset: str, splits: dict[str, list[Im
                 "toolkit_version": __version__,
                 "seconds": round(seconds, 3),
             })
-            _replace_dir(tmp, out)
+            replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(len(e) for e in final_splits.values())

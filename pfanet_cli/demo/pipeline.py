@@ -37,7 +37,8 @@ from pfanet_cli.engine.trainer import run_stage
 from pfanet_cli.errors import Interrupted
 from pfanet_cli.evaluation.baselines import raw_pixel_features
 from pfanet_cli.evaluation.card import FEATURE, attach_source
-from pfanet_cli.evaluation.extract import compute_features, extract_split
+from pfanet_cli.evaluation.extract import extract_split
+from pfanet_cli.inference.feature_model import compute_features
 from pfanet_cli.evaluation.features import FeatureSet, save_feature_set
 from pfanet_cli.evaluation.protocols import ALL_SYSU_SETTINGS, EvalResult, evaluate_sysu_settings, write_results_json
 from pfanet_cli.evaluation.run import (

@@ -27,8 +27,10 @@ import torch
 from pfanet_cli.data.augment import (
     NONE,
     Augmentation,
+    CropPlan,
     augment_on_device,
     augment_on_host,
+    defer_crop,
     draw_augment_plan,
     gather_rows,
 )
@@ -43,6 +45,9 @@ class Batch:
     labels: torch.Tensor
     rgb_second: torch.Tensor | None = None
     """With ``data.rgb_views: 2``: a second, independently augmented view of every RGB image (CAJ's)."""
+    rgb_plan: CropPlan | None = None
+    """With a source that defers the RGB images' augmentation: ``rgb`` as prepared (not shifted, not flipped) and
+    the pad + crop + flip drawn for them, to apply to their translations (:func:`crop_and_flip_unit_range`)."""
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.rgb, self.ir, self.labels, self.rgb_second) if t is not None]
@@ -93,10 +98,10 @@ class _BatchMaker:
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, generator: torch.Generator,
                  device: torch.device, flip: bool, pad: int, channels_last: bool,
-                 augmentation: Augmentation = NONE) -> None:
+                 augmentation: Augmentation = NONE, defer_rgb: bool = False) -> None:
         self.split, self.sampler, self.generator = split, sampler, generator
         self.device, self.flip, self.pad = device, flip, pad
-        self.channels_last, self.augmentation = channels_last, augmentation
+        self.channels_last, self.augmentation, self.defer_rgb = channels_last, augmentation, defer_rgb
         self.side_stream = _CudaSideStream(device) if device.type == "cuda" else None
 
     def position(self) -> dict[str, Any]:
@@ -111,26 +116,31 @@ class _BatchMaker:
         rows = np.concatenate([rgb_rows, ir_rows] + [rgb_rows] * (self.augmentation.rgb_views - 1))
         plan = draw_augment_plan(len(rgb_rows), len(ir_rows), self.split.image_size, self.generator, self.flip,
                                  self.pad, self.augmentation)
+        rgb_plan = None
+        if self.defer_rgb:
+            crop, rgb_plan = defer_crop(plan.crop, len(rgb_rows), self.pad)
+            plan = plan._replace(crop=crop)
         position = self.position()
         labels = torch.from_numpy(self.split.labels[rgb_rows])
         if self.side_stream is None:
             images = torch.from_numpy(augment_on_host(self.split.images, rows, plan, self.pad))
-            return _Prepared(self._batch(images, labels, len(rgb_rows)), position)
+            return _Prepared(self._batch(images, labels, len(rgb_rows), rgb_plan), position)
         host = gather_rows(self.split.images, rows, pin_memory=self.device.type == "cuda")
         with self.side_stream.work():
             images = host.to(self.device, non_blocking=True)
             images = augment_on_device(images, plan._replace(crop=plan.crop.to(self.device)), self.pad)
-            batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows))
+            batch = self._batch(images, labels.to(self.device, non_blocking=True), len(rgb_rows), rgb_plan)
             return _Prepared(batch, position, self.side_stream.record())
 
-    def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int) -> Batch:
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor, rgb_count: int,
+               rgb_plan: CropPlan | None = None) -> Batch:
         """B×H×W×3 -> B×3×H×W, which is already channels-last in memory; made contiguous otherwise. Rows: RGB, IR
         (as many), then the second RGB views when there are two."""
         images = images.permute(0, 3, 1, 2)
         if not self.channels_last:
             images = images.contiguous()
         rgb, ir, *second = images.split(rgb_count)
-        return Batch(rgb, ir, labels, second[0] if second else None)
+        return Batch(rgb, ir, labels, second[0] if second else None, rgb_plan)
 
     def hand_over(self, prepared: _Prepared) -> None:
         if self.side_stream is not None:
@@ -195,16 +205,19 @@ class _Prefetcher:
 
 class BatchSource:
     """Identity-aligned batches from a prepared split, augmented (flip, pad + crop, and ``augmentation``) and
-    on ``device``: float [-1, 1], channels-last when asked. ``prefetch`` batches are prepared ahead on a background thread (0: each
-    batch is made in :meth:`next`); :meth:`close` stops that thread (the trainer closes its sources).
+    on ``device``: float [-1, 1], channels-last when asked (``defer_rgb``: the RGB images come without their pad +
+    crop + flip, whose draws are in ``Batch.rgb_plan``, the same draws as otherwise). ``prefetch`` batches are
+    prepared ahead on a background thread (0: each batch is made in :meth:`next`); :meth:`close` stops that
+    thread (the trainer closes its sources).
     ``wait_seconds`` is the time :meth:`next` has spent waiting for batches."""
 
     def __init__(self, split: PreparedSplit, sampler: IdentityAlignedSampler, device: torch.device,
                  flip: bool, pad: int, seed: int, channels_last: bool, prefetch: int = 0,
-                 augmentation: Augmentation = NONE) -> None:
+                 augmentation: Augmentation = NONE, defer_rgb: bool = False) -> None:
         self.sampler, self.device = sampler, device
         self.generator = torch.Generator().manual_seed(seed)
-        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last, augmentation)
+        self._maker = _BatchMaker(split, sampler, self.generator, device, flip, pad, channels_last, augmentation,
+                                  defer_rgb)
         self._prefetcher = _Prefetcher(self._maker.make, max(prefetch, 1), name="pfanet-batches")
         weakref.finalize(self, self._prefetcher.stop)  # the thread holds no reference to the source
         self.prefetch = prefetch

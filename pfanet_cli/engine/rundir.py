@@ -1,7 +1,7 @@
 """Run directories (SPEC §1): ``config.yaml`` (the fully resolved recipe), ``overrides.txt``,
 ``env.txt``, ``run.yaml`` (stage), ``metrics.jsonl``, ``checkpoints/`` and images; choosing the run
-directory of a new or resumed stage, and finding the newest finished checkpoint of a stage under the
-runs folder. A run directory is never silently overwritten: reusing one needs ``--resume``."""
+directory of a new or resumed stage, and finding the newest checkpoints of a stage under the runs folder.
+A run directory is never silently overwritten: reusing one needs ``--resume``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import datetime
 import fcntl
 import json
 import os
-import pickle
 import platform
 import socket
 import subprocess
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -334,22 +332,3 @@ def read_run_info(run_path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return info if isinstance(info, dict) else {}
-
-
-def newest_finished_gan_checkpoint(root: Path, recipe_name: str) -> Path | None:
-    """``last.pt`` of the newest train-gan run of recipe ``recipe_name`` under ``root`` that trained all of its
-    ``gan.iterations``, or None. The checkpoint is memory-mapped to read its iteration, its tensors are not."""
-    for last in find_checkpoints(root, ("train-gan",)):
-        if read_run_info(last.parent.parent).get("recipe") == recipe_name and _gan_finished(last):
-            return last
-    return None
-
-
-def _gan_finished(checkpoint: Path) -> bool:
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        wanted = int(payload["recipe"]["gan"]["iterations"])
-        return payload["stage"] == "train-gan" and int(payload["iteration"]) >= wanted
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
-            TypeError):
-        return False

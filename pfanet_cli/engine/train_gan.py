@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 
 import torch
+from torch import Tensor, nn
 
-from pfanet_cli.engine.batches import ImagePool
+from pfanet_cli.engine.batches import Batch, ImagePool
 from pfanet_cli.engine.runtime import no_sync, optimise
 from pfanet_cli.engine.trainer import Phase, StageParts, StageTrainer
 from pfanet_cli.modeling.build import (
@@ -25,6 +26,16 @@ from pfanet_cli.modeling.build import (
 )
 from pfanet_cli.errors import UsageError
 from pfanet_cli.modeling.losses import cycle_loss, lsgan_loss
+
+
+def plain_discriminator_losses(d_ir: nn.Module, d_rgb: nn.Module, batch: Batch, fake_ir: Tensor,
+                               fake_rgb: Tensor) -> tuple[Tensor, Tensor]:
+    """LSGAN losses of two plain PatchGANs, ``½ (real -> 1 + fake -> 0)`` each: D_I on the batch's IR against
+    ``fake_ir``, D_R on its RGB against ``fake_rgb`` (detached fakes)."""
+    real_ir_pred, fake_ir_pred = d_ir(torch.cat([batch.ir, fake_ir])).chunk(2)
+    real_rgb_pred, fake_rgb_pred = d_rgb(torch.cat([batch.rgb, fake_rgb])).chunk(2)
+    return (0.5 * (lsgan_loss(real_ir_pred, True) + lsgan_loss(fake_ir_pred, False)),
+            0.5 * (lsgan_loss(real_rgb_pred, True) + lsgan_loss(fake_rgb_pred, False)))
 
 
 class GanTrainer(StageTrainer):
@@ -74,10 +85,7 @@ class GanTrainer(StageTrainer):
         pooled_ir = self.pools["ir"].query(fake_ir.detach())
         pooled_rgb = self.pools["rgb"].query(fake_rgb.detach())
         with self.autocast():
-            real_ir_pred, fake_ir_pred = d_ir(torch.cat([ir, pooled_ir])).chunk(2)
-            real_rgb_pred, fake_rgb_pred = d_rgb(torch.cat([rgb, pooled_rgb])).chunk(2)
-            loss_d_ir = 0.5 * (lsgan_loss(real_ir_pred, True) + lsgan_loss(fake_ir_pred, False))
-            loss_d_rgb = 0.5 * (lsgan_loss(real_rgb_pred, True) + lsgan_loss(fake_rgb_pred, False))
+            loss_d_ir, loss_d_rgb = plain_discriminator_losses(d_ir, d_rgb, batch, pooled_ir, pooled_rgb)
         optimise(loss_d_ir + loss_d_rgb, self.opts["discriminators"], self.scalers["discriminators"])
         self.last_images = [rgb.detach(), fake_ir.detach(), ir.detach()]
         return {"g_adv": adversarial.detach(), "cycle": cycle.detach(), "identity": identity.detach(),

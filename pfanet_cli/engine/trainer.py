@@ -35,6 +35,7 @@ from pfanet_cli.engine.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     load_network_state,
+    require_networks,
     require_stage,
     restore_rng_state,
     save_checkpoint,
@@ -53,7 +54,7 @@ from pfanet_cli.engine.runtime import (
     set_determinism,
     unwrap,
 )
-from pfanet_cli.errors import DataError, TrainingDiverged
+from pfanet_cli.errors import CheckpointError, DataError, TrainingDiverged
 from pfanet_cli.methods import describe_augmentation, describe_method, require_stage_method
 from pfanet_cli.modeling.build import parameter_counts
 from pfanet_cli.utils.console import console, progress_bar
@@ -104,6 +105,7 @@ class StageTrainer:
         self._checkpointed_at = -1
         self.split = data.split("train")
         self.last_images: list[torch.Tensor] = []
+        """The latest step's image columns for sample grids (RGB | fake IR | real IR); none: no grid."""
         parts = self.build(fresh)
         self.nets, self.opts, self.scheds = parts.networks, parts.optimizers, parts.schedulers
         self.batches, self.pools, self.batch_sources = parts.batches, parts.pools, parts.batch_sources
@@ -148,19 +150,20 @@ class StageTrainer:
                 for key, net in networks.items()}
 
     def batch_source(self, key: str, ids_per_batch: int, images_per_id: int, pad: int, stream: int = 0,
-                     augment: bool = False) -> BatchSource:
+                     augment: bool = False, defer_rgb: bool = False) -> BatchSource:
         """Identity-aligned P x K batches of the training split (``key``: the recipe section, for errors),
         prepared ``train.prefetch`` batches ahead; :meth:`close` stops every source made here. Sources of one
         stage with different ``stream`` numbers draw different identities and augmentations. Every source flips
         (``data.flip``) and pads + crops; ``augment``: also the recipe's erasing, greyscale and channel operations
-        (the batches F learns from, never the generators' and discriminators')."""
+        (the batches F learns from, never the generators' and discriminators'); ``defer_rgb`` leaves the RGB
+        images' pad + crop + flip to the stage (:class:`Batch`'s ``rgb_plan``)."""
         seed, rank = self.recipe.train.seed + STREAM_SEED_STEP * stream, self.distributed.rank
         sampler = IdentityAlignedSampler(self.split.labels, self.split.is_ir, ids_per_batch, images_per_id, seed,
                                          rank, self.distributed.world_size, key=key)
         augmentation = Augmentation.from_config(self.recipe.data) if augment else NONE
         source = BatchSource(self.split, sampler, self.device, self.recipe.data.flip, pad, seed=seed + rank,
                              channels_last=self.recipe.train.channels_last, prefetch=self.recipe.train.prefetch,
-                             augmentation=augmentation)
+                             augmentation=augmentation, defer_rgb=defer_rgb)
         self.opened_sources.append(source)
         return source
 
@@ -224,6 +227,7 @@ class StageTrainer:
         payload = load_checkpoint(path)
         require_stage(payload, path, (self.stage,), f"resuming {self.stage}")
         check_architecture(payload, path, self.architecture(), self.architecture_keys())
+        self._check_same_schedule(payload, path)
         for key, net in self.nets.items():
             load_network_state(unwrap(net), payload["networks"][key], key, path)
         for key, opt in self.opts.items():
@@ -237,6 +241,21 @@ class StageTrainer:
         restore_rng_state(payload["rng"])
         if self.distributed.is_main:
             self.run.truncate_metrics(self.iteration, self.phase_index)
+
+    def _check_same_schedule(self, payload: dict[str, Any], path: Path) -> None:
+        """Exit 4 when the checkpoint's phase or its networks and optimizers are not this recipe's (a phase or
+        network a recipe key adds, e.g. ``joint.generator_warmup_iterations``, changed since it was written)."""
+        names = [phase.name for phase in self.phases()]
+        index = int(payload["phase_index"])
+        if index >= len(names) or names[index] != payload.get("phase"):
+            raise CheckpointError(f"{path} stopped in phase {payload.get('phase')!r} (number {index + 1}); this "
+                                  f"recipe's {self.stage} phases are {', '.join(names)}: resume with the recipe "
+                                  "it was written with")
+        require_networks(payload, path, self.nets, f"resuming {self.stage} with this recipe")
+        missing = [key for key in self.opts if key not in payload.get("optimizers", {})]
+        if missing:
+            raise CheckpointError(f"{path} has no state of the optimizer(s) {', '.join(missing)}, which resuming "
+                                  f"{self.stage} with this recipe needs: resume with the recipe it was written with")
 
     def write_checkpoint(self, keep: bool) -> Path | None:
         """Rank 0 writes ``last.pt`` (and a kept ``iter-N.pt`` copy when ``keep``)."""
@@ -300,7 +319,7 @@ class StageTrainer:
                 self.run.append_metrics(row)
             report(0, _log_line(row, phase.iterations), f"{phase.name} {row['images_per_s']:.0f} img/s")
         report(1, None, None)
-        if self.distributed.is_main and (global_iteration % train.sample_every == 0 or done):
+        if self.distributed.is_main and self.last_images and (global_iteration % train.sample_every == 0 or done):
             name = f"{self.stage}-{phase.name}-{self.iteration:06d}.png"
             save_sample_grid(self.run.samples / name, self.last_images, titles=self.sample_titles)
         self.end_of_iteration(phase, last=done and self.phase_index + 1 == len(self.phases()))

@@ -17,7 +17,7 @@ from torch import nn
 
 from pfanet_cli.data.prepared import PreparedData
 from pfanet_cli.errors import DataError
-from pfanet_cli.evaluation.extract import compute_features
+from pfanet_cli.inference.feature_model import compute_features
 from pfanet_cli.evaluation.protocols import evaluate_sysu_settings
 from pfanet_cli.utils.console import console
 

@@ -4,8 +4,9 @@ or writes (table, ``--json``, the demo report).
 A card has two halves. The protocol half is known where the numbers are computed
 (``protocols.py``): dataset, sampler, trials, shot, mode or direction, the camera rule, de-duplication and
 re-ranking. The source half says where the features came from: the split they cover, whether they are
-flip-summed, which vector, and the checkpoint (path and how it was chosen: the last one, or the best on a
-validation split) or the features file. ``extract`` records the source half in the features it returns
+flip-summed, which vector, how RGB images were translated (G_I's test-time normalisation), and the
+checkpoint (path and how it was chosen: the last one, or the best on a validation split) or the features
+file. ``extract`` records the source half in the features it returns
 (:func:`extraction_provenance`); ``evaluation.run`` and the demo attach it (:func:`attach_source`).
 """
 
@@ -23,7 +24,7 @@ from pfanet_cli.methods import describe_augmentation, describe_method
 
 PROTOCOL_FIELDS = ("dataset", "split", "sampler", "trials", "shot", "mode", "direction", "camera_rule",
                    "deduplication", "rerank", "flip", "feature", "method", "augmentation", "checkpoint",
-                   "features_file", "toolkit")
+                   "features_file", "toolkit", "translation")
 """Every field a card may hold, in the order it is shown."""
 SOURCE_FIELDS = ("split", "flip", "feature", "method", "augmentation", "checkpoint")
 NOT_STATED = "not recorded"
@@ -75,6 +76,15 @@ AGW_FLIP = {
     True: "mean of the L2-normalised features of the image and of its horizontal flip, L2-normalised (CAJ's "
           "testa.py); RGB images through the visible stem, IR through the thermal stem",
 }
+TRANSLATIONS = {
+    "running": "RGB -> fake IR by G_I in eval mode, its InstanceNorm with the running statistics of training "
+               "(model.generator_test_norm = running)",
+    "instance": "RGB -> fake IR by G_I in eval mode, its InstanceNorm with each image's own statistics, as in "
+                "training (model.generator_test_norm = instance)",
+}
+NO_TRANSLATION = "none: RGB images go into F as they are"
+GREY_TRANSLATION = "RGB -> grey by a fixed luma conversion (model.pixel_alignment = grey; no generator)"
+AGW_TRANSLATION = "none: AGW's RGB images go through its visible stem"
 
 
 def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None = None, mode: str | None = None,
@@ -97,9 +107,11 @@ def protocol_card(dataset: str, *, sampler: str, trials: int, shot: str | None =
 
 
 def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate: bool,
-                          split: str | None = None, agw_test: tuple[str, bool] | None = None) -> dict[str, Any]:
+                          split: str | None = None, agw_test: tuple[str, bool] | None = None,
+                          generator_norm: str = "running") -> dict[str, Any]:
     """The source half of a card for features ``extract`` computed with ``checkpoint`` (its loaded payload);
-    ``agw_test``: the (vector, flip) of an AGW network's features."""
+    ``agw_test``: the (vector, flip) of an AGW network's features; ``generator_norm``: what G_I's InstanceNorm
+    used (``model.generator_test_norm``)."""
     recipe = payload.get("recipe") or {}
     if agw_test is not None:
         feature, flip = AGW_FEATURES[agw_test[0]], AGW_FLIP[agw_test[1]]
@@ -109,10 +121,23 @@ def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate
         flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
     source = {"flip": flip, "feature": feature, **training_description(recipe, payload.get("stage")),
               "checkpoint": {"path": str(checkpoint), "chosen": checkpoint_choice(payload),
-                             "stage": payload.get("stage"), "iteration": payload.get("iteration")}}
+                             "stage": payload.get("stage"), "iteration": payload.get("iteration")},
+              "translation": _translation(recipe, translate, agw_test is not None, generator_norm)}
     if split is not None:
         source["split"] = split
     return source
+
+
+def _translation(recipe: Mapping[str, Any], translate: bool, agw: bool, generator_norm: str) -> str:
+    """How RGB images reached the feature network: AGW's visible stem, as they are, the grey ablation's luma
+    conversion, or G_I with its test-time InstanceNorm."""
+    if agw:
+        return AGW_TRANSLATION
+    if not translate:
+        return NO_TRANSLATION
+    if (recipe.get("model") or {}).get("pixel_alignment") == "grey":
+        return GREY_TRANSLATION
+    return TRANSLATIONS.get(generator_norm, generator_norm)
 
 
 def training_description(recipe: Mapping[str, Any], stage: str | None) -> dict[str, str]:

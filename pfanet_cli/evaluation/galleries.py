@@ -37,6 +37,16 @@ def gallery_cameras(mode: str) -> tuple[int, ...]:
     return RGB_CAMERAS if mode == "all" else INDOOR_RGB_CAMERAS
 
 
+def one_image_per_folder(pids: np.ndarray, camids: np.ndarray, mode: str) -> bool:
+    """Every (identity, camera) folder of the mode's gallery cameras holds one image, so a multi-shot gallery is
+    the single-shot one (an export of one trial's gallery, for instance)."""
+    rows = np.isin(camids, gallery_cameras(mode))
+    if not rows.any():
+        return False
+    _, counts = np.unique(np.stack([pids[rows], camids[rows]]), axis=1, return_counts=True)
+    return bool(counts.max() == 1)
+
+
 def shot_count(shot: str) -> int:
     check_choice("shot", shot, SYSU_SHOTS)
     return SYSU_SHOTS[shot]

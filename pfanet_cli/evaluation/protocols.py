@@ -43,6 +43,7 @@ from pfanet_cli.evaluation.galleries import (
     check_trials,
     gallery_cameras,
     load_perm,
+    one_image_per_folder,
     sample_llcm,
     sample_sysu_galleries,
     shot_count,
@@ -55,6 +56,7 @@ from pfanet_cli.utils.atomic import write_text
 METRIC_KEYS = ("r1", "r5", "r10", "r20", "mAP", "mINP")
 CMC_RANKS = {"r1": 1, "r5": 5, "r10": 10, "r20": 20}
 ALL_SYSU_SETTINGS = (("all", "single"), ("all", "multi"), ("indoor", "single"), ("indoor", "multi"))
+MULTI_ON_SINGLE = "the features hold one gallery image per identity and camera"
 
 
 @dataclass
@@ -204,9 +206,12 @@ def sysu_query_rows(camids: np.ndarray) -> np.ndarray:
 def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tuple[str, str]] = ALL_SYSU_SETTINGS,
                            *, trials: int = 10, sampler: str = "auto", perm: RandPerm | str | Path | None = None,
                            max_rank: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                           rerank: RerankConfig | None = None) -> list[EvalResult]:
+                           rerank: RerankConfig | None = None, multi_on_single: str = "refuse") -> list[EvalResult]:
     """Several SYSU-MM01 settings ((mode, shot) pairs) sharing one ranking of the candidates (re-ranking,
-    when asked for, re-ranks each trial, from one neighbour search shared by every trial of every setting)."""
+    when asked for, re-ranks each trial, from one neighbour search shared by every trial of every setting). A
+    multi-shot setting on features with one image per identity and camera would be the single-shot one:
+    ``multi_on_single`` ``refuse`` stops with a :class:`DataError`, ``note`` evaluates it and says so on its
+    card."""
     feats, pids, camids, paths = check_arrays(features, pids, camids, paths)
     if paths is None:
         raise DataError("the SYSU-MM01 protocol needs the image paths to sample the gallery")
@@ -218,6 +223,7 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
     for mode, shot in settings:
         gallery_cameras(mode)
         shot_count(shot)
+    _check_multi_shot(pids, camids, settings, multi_on_single)
     queries = sysu_query_rows(camids)
     if queries.size == 0:
         raise DataError("the features file holds no IR query images (SYSU-MM01 cameras 3 and 6)")
@@ -233,11 +239,24 @@ def evaluate_sysu_settings(features, pids, camids, paths, settings: Sequence[tup
                                        rerank, dedup=True, junk="sysu", memory_budget=memory_budget))
         parts = [[next(every) for _ in gals] for *_, gals in plans]
     described = rerank.describe() if rerank else None
-    return [
+    results = [
         result_of_trials("sysu", mode, shot, used, setting, len(queries), [len(g) for g in gals], max_rank,
                          protocol_card("sysu", sampler=used, trials=trials, shot=shot, mode=mode, rerank=described))
         for (mode, shot, used, gals), setting in zip(plans, parts)
     ]
+    for result in results:
+        if result.shot == "multi" and one_image_per_folder(pids, camids, result.mode):
+            result.card["shot"] += f"; {MULTI_ON_SINGLE}, so every trial's gallery is the single-shot one"
+    return results
+
+
+def _check_multi_shot(pids: np.ndarray, camids: np.ndarray, settings: Sequence[tuple[str, str]], policy: str) -> None:
+    check_choice("multi_on_single", policy, ("refuse", "note"))
+    for mode, shot in settings:
+        if shot == "multi" and policy == "refuse" and one_image_per_folder(pids, camids, mode):
+            raise DataError(f"--shot multi draws up to 10 gallery images per identity and camera, and "
+                            f"{MULTI_ON_SINGLE} (an export of one trial's gallery?): it would evaluate single-shot; "
+                            "use --shot single")
 
 
 def _sysu_outcomes(feats: np.ndarray, pids: np.ndarray, camids: np.ndarray, queries: np.ndarray,

@@ -1,8 +1,14 @@
 """k-reciprocal re-ranking (Zhong, Zheng, Cao and Li, "Re-ranking Person Re-identification with k-reciprocal
 Encoding", CVPR 2017), vectorised and memory-bounded.
 
-What is computed, over the N = queries + gallery images of one trial (the method's standard form, as in the
-authors' code and the AGW / reid-strong-baseline copies most VI-ReID repositories ship):
+What is computed, over the N = queries + gallery images of one trial: the method as the authors' Python code
+computes it (``zhunzhong07/person-re-ranking``, ``python-version/re_ranking_ranklist.py``, given the Euclidean
+distances of the L2-normalised features, which it squares). pfanet equals that code: on random test sets (120
+queries, 300 gallery, 64-d, three draws) the re-ranked distances agree to 4e-7 (its float32) and R1 and mAP are
+identical. Not every copy computes the same: layumi's ``re_ranking.py`` (``Person_reID_baseline_pytorch``), called
+as its ``evaluate_rerank.py`` calls it with cosine similarities, turns them into 2 - 2 cos and squares that
+again (its lines 47-48), a fourth power of the Euclidean distance: on the same sets its distances differ by up
+to 0.09 and its mAP by 0.01-0.08 points.
 
 1. d(i, j): squared Euclidean distance of the L2-normalised features (2 - 2 cos), each row divided by its
    largest value; each row's neighbours ranked by that distance (ties by index).

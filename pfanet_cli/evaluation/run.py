@@ -176,7 +176,8 @@ def evaluate_source(source: EvaluationSource, *, all_settings: bool = False, mod
     if source.dataset == "sysu":
         settings = list(ALL_SYSU_SETTINGS) if all_settings else [(mode, shot)]
         results = evaluate_sysu_settings(fs.features, fs.pids, fs.camids, fs.paths, settings, trials=trials,
-                                         sampler=sampler, perm=permutation.perm, max_rank=max_rank, rerank=rerank)
+                                         sampler=sampler, perm=permutation.perm, max_rank=max_rank, rerank=rerank,
+                                         multi_on_single="note" if all_settings else "refuse")
     elif source.dataset == "llcm":
         results = [evaluate_llcm(fs.features, fs.pids, fs.camids, fs.paths, direction=d, trials=trials,
                                  max_rank=max_rank, rerank=rerank)
@@ -224,11 +225,11 @@ def directions(dataset: str, direction: str | None, all_settings: bool = False) 
 
 
 def source_card(source: EvaluationSource) -> dict:
-    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint and the
-    features file."""
+    """The source half of the protocol card: split, flip, feature, method, augmentation, checkpoint, translation
+    and the features file."""
     fs = source.features
     provenance = fs.provenance or {}
-    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint")
+    card = {key: provenance[key] for key in ("flip", "feature", "method", "augmentation", "checkpoint", "translation")
             if key in provenance}
     card["split"] = split_summary(source.dataset, fs.pids, fs.camids, provenance.get("split"))
     if fs.source is not None:

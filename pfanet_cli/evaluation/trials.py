@@ -21,7 +21,7 @@ from pfanet_cli.errors import DataError, UsageError
 from pfanet_cli.evaluation.card import describe
 from pfanet_cli.evaluation.protocols import EvalResult, summarise_trials, write_results_json
 from pfanet_cli.evaluation.rerank import RerankConfig
-from pfanet_cli.evaluation.run import evaluate_source, open_evaluation, print_results, write_outputs
+from pfanet_cli.evaluation.run import BOTH, directions, evaluate_source, open_evaluation, print_results, write_outputs
 from pfanet_cli.utils.console import console
 
 PLACEHOLDER = "{trial}"
@@ -38,11 +38,14 @@ def trial_paths(template: str | Path, trials: Sequence[int], option: str) -> dic
 
 def evaluate_regdb_trials(trials: Sequence[int], *, features: str | Path | None, checkpoint: str | Path | None,
                           data_root: Path, device: str | None, dataset: str | None = None, max_rank: int = 20,
-                          rerank: RerankConfig | None = None) -> dict[int, list[EvalResult]]:
-    """Both directions of every trial: from ``features`` (a ``{trial}`` template of features files), else
-    extracted with ``checkpoint`` (a ``{trial}`` template) from ``<data_root>/trial<T>``."""
+                          rerank: RerankConfig | None = None,
+                          direction: str | None = None) -> dict[int, list[EvalResult]]:
+    """Every trial in ``direction`` (v2t, t2v or, by default, both): from ``features`` (a ``{trial}`` template of
+    features files), else extracted with ``checkpoint`` (a ``{trial}`` template) from ``<data_root>/trial<T>``."""
     if dataset not in (None, "regdb"):
         raise UsageError(f"--all-trials is RegDB's (ten splits, one model each), not {dataset}'s")
+    direction = direction or BOTH
+    directions("regdb", direction)
     if features is None and checkpoint is None:
         raise UsageError("--all-trials needs the features of each trial: --features 'feats/trial{trial}.npz' or "
                          "--checkpoint 'runs/.../trial{trial}/joint/checkpoints/last.pt' (see pfanet regdb-all)")
@@ -55,7 +58,7 @@ def evaluate_regdb_trials(trials: Sequence[int], *, features: str | Path | None,
     for trial in trials:
         source = open_evaluation(files.get(trial), checkpoints.get(trial), Path(data_root) / f"trial{trial}",
                                  "regdb", device)
-        out[trial] = label_trial(evaluate_source(source, all_settings=True, max_rank=max_rank, rerank=rerank), trial)
+        out[trial] = label_trial(evaluate_source(source, direction=direction, max_rank=max_rank, rerank=rerank), trial)
     return out
 
 

@@ -1,5 +1,6 @@
 """The attention modules of F (SPEC §3): BNG's NAM channel gate (inside every residual block) and
-GAM (after every stage), and the modal mitigation module MMM (after layer3 and layer4)."""
+GAM (after every stage), or BNG as one BN -> NAM gate -> GAM block at each stage output; and the modal
+mitigation module MMM (after layer3 and layer4)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,32 @@ class GlobalAttention(nn.Module):
 
     def _gate(self, x: Tensor, m: Tensor) -> Tensor:
         return x * (1.0 + m) if self.residual else x * m
+
+
+class NAMChannelAttention(nn.Module):
+    """NAM's own channel attention module (its ``Channel_Att``): a new BN of its own, ``w = |γ| / Σ|γ|`` of that
+    BN (detached), ``out = sigmoid(w ⊙ BN(x)) ⊙ x``. Used by ``model.bng_placement: stages``, where its BN is new
+    (γ = 1, β = 0): gating the input keeps the stage's pretrained output up to the gate factor."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nam_gate(self.bn(x), self.bn, gated=x)
+
+
+class StageBNG(nn.Module):
+    """BNG as one block at a stage output (``model.bng_placement: stages``, eqs. 9-10 read as one chain):
+    :class:`NAMChannelAttention` (F1 of eq. 9), then :class:`GlobalAttention` (F2, F3 of eq. 10)."""
+
+    def __init__(self, channels: int, ratio: int = 4, groups: int = 4, residual: bool = True) -> None:
+        super().__init__()
+        self.channel_gate = NAMChannelAttention(channels)
+        self.global_attention = GlobalAttention(channels, ratio, groups, residual)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.global_attention(self.channel_gate(x))
 
 
 class ModalityMitigation(nn.Module):

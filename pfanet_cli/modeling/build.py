@@ -46,7 +46,8 @@ class NetworkSpec:
 def _generator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
     if config.pixel_alignment == "grey":
         return GreyGenerator()
-    return ResnetGenerator(config.generator_channels, config.generator_res_blocks, config.generator_skip)
+    return ResnetGenerator(config.generator_channels, config.generator_res_blocks, config.generator_skip,
+                           config.generator_test_norm)
 
 
 def _plain_discriminator(config: ModelConfig, num_classes: int, joint: bool) -> nn.Module:
@@ -90,6 +91,19 @@ GENERATOR_ARCHITECTURE = ("generator_channels", "generator_res_blocks", "generat
 """The ``model`` keys G_I and G_R are built from."""
 GAN_ARCHITECTURE = GENERATOR_ARCHITECTURE + ("disc_channels",)
 """The ``model`` keys train-gan's networks are built from (F's keys do not concern it)."""
+DISC_RGB_WARMUP = "disc_rgb_warmup"
+DISC_IR_WARMUP = "disc_ir_warmup"
+WARMUP_DISCRIMINATORS = (DISC_RGB_WARMUP, DISC_IR_WARMUP)
+"""train-joint's plain PatchGANs of the generator warm-up (``joint.generator_warmup_iterations`` > 0 only;
+AlignGAN's ``D_rgb_warmup`` and ``D_ir_warmup``): not among the five networks of the paper and SPEC."""
+
+
+def build_warmup_discriminators(config: ModelConfig) -> dict[str, nn.Module]:
+    """Fresh plain PatchGANs for the generator warm-up, as D_R and train-gan's D_I are built."""
+    networks = {key: _plain_discriminator(config, 0, False) for key in WARMUP_DISCRIMINATORS}
+    for net in networks.values():
+        init_gan_weights(net)
+    return networks
 
 
 def build_networks(config: ModelConfig, num_classes: int, joint_discriminator: bool, load_pretrained: bool = True,

@@ -1,6 +1,7 @@
 """The feature extractor F (SPEC §3): a torchvision ResNet (18/34/50, no weights downloaded) with last
-stride 1 or 2, BNG attention (NAM gate in every residual block + GAM after layer1..4), MMM after layer3 and
-layer4, and two heads on the GAP vector v; and the test feature (flip-summed, L2-normalised v)."""
+stride 1 or 2, BNG attention (NAM gate in every residual block + GAM after layer1..4, or one BN -> NAM gate ->
+GAM block after layer1..4), MMM after layer3 and layer4, and two heads on the GAP vector v; and the test
+feature (flip-summed, L2-normalised v)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from torchvision.models import resnet as tv_resnet
 
 from pfanet_cli.config import ModelConfig
 from pfanet_cli.errors import UsageError
-from pfanet_cli.modeling.attention import GlobalAttention, ModalityMitigation, NAMBasicBlock, NAMBottleneck
+from pfanet_cli.modeling.attention import (
+    GlobalAttention,
+    ModalityMitigation,
+    NAMBasicBlock,
+    NAMBottleneck,
+    StageBNG,
+)
 
 BACKBONES: dict[str, tuple[type[nn.Module], list[int], int]] = {
     "resnet18": (NAMBasicBlock, [2, 2, 2, 2], 1),
@@ -72,9 +79,10 @@ class FeatureExtractor(nn.Module):
             for m in trunk.layer4[0].modules():
                 if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
                     m.stride = (1, 1)
+        gates_in_blocks = config.bng and config.bng_placement == "blocks"
         for m in trunk.modules():
             if isinstance(m, (NAMBasicBlock, NAMBottleneck)):
-                m.nam, m.nam_gates_input = bool(config.bng), config.nam_gated == "bn_input"
+                m.nam, m.nam_gates_input = gates_in_blocks, config.nam_gated == "bn_input"
         self.backbone = trunk
         self.backbone_name = config.backbone
         self.input_norm = config.input_norm
@@ -91,7 +99,8 @@ class FeatureExtractor(nn.Module):
         def gam(c: int) -> nn.Module:
             if not config.bng:
                 return nn.Identity()
-            return GlobalAttention(c, config.gam_ratio, config.gam_groups, residual=config.bng_form == "residual")
+            attention = StageBNG if config.bng_placement == "stages" else GlobalAttention
+            return attention(c, config.gam_ratio, config.gam_groups, residual=config.bng_form == "residual")
 
         self.gam1, self.gam2 = gam(stage_channels[0]), gam(stage_channels[1])
         self.gam3, self.gam4 = gam(stage_channels[2]), gam(stage_channels[3])
@@ -156,9 +165,14 @@ class FeatureExtractor(nn.Module):
         return {"backbone": backbone, "head": head}
 
 
-@torch.no_grad()
-def extract_test_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
+def flip_summed_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
     """SPEC §3 test feature: v(image) + v(horizontal flip), L2-normalised (the caller puts F in eval mode and
-    translates RGB images with G_I first)."""
+    translates RGB images with G_I first). Differentiable and traceable: what the ONNX export records."""
     v = extractor.pooled_features(images) + extractor.pooled_features(torch.flip(images, dims=[3]))
     return F.normalize(v.float(), dim=1)
+
+
+@torch.no_grad()
+def extract_test_features(extractor: FeatureExtractor, images: Tensor) -> Tensor:
+    """:func:`flip_summed_features` without autograd (``extract``, validation)."""
+    return flip_summed_features(extractor, images)

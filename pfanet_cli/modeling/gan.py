@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pfanet_cli.errors import UsageError
+
 
 def init_gan_weights(module: nn.Module) -> None:
     """N(0, 0.02) for conv / transposed conv / linear weights, zero biases; affine norm weights N(1, 0.02),
@@ -28,10 +30,48 @@ def init_gan_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+GENERATOR_TEST_NORMS = ("running", "instance")
+"""What G's InstanceNorm uses in eval mode (``model.generator_test_norm``)."""
+
+
+class GeneratorNorm(nn.InstanceNorm2d):
+    """G's InstanceNorm: affine, with running statistics (AlignGAN, SPEC §3). In train mode it normalises each
+    image by its own statistics and updates the running averages; in eval mode it uses the running averages
+    (``test_norm = "running"``, PyTorch's behaviour) or, with ``test_norm = "instance"``, each image's own
+    statistics again, without touching the running averages. Either way an image's output does not depend on
+    the rest of its batch."""
+
+    test_norm = "running"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=True, track_running_stats=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or self.test_norm == "running":
+            return super().forward(x)
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def set_generator_test_norm(generator: nn.Module, test_norm: str) -> None:
+    """Make every :class:`GeneratorNorm` of ``generator`` use ``test_norm`` in eval mode."""
+    if test_norm not in GENERATOR_TEST_NORMS:
+        raise UsageError(f"G's test-time norm (--generator-norm, model.generator_test_norm) must be one of "
+                         f"{', '.join(GENERATOR_TEST_NORMS)}, got {test_norm!r}")
+    for module in generator.modules():
+        if isinstance(module, GeneratorNorm):
+            module.test_norm = test_norm
+
+
+def generator_test_norm(generator: nn.Module | None) -> str:
+    """What ``generator``'s InstanceNorms use in eval mode (``running`` when there is no generator or it has no
+    InstanceNorm of its own)."""
+    if generator is None:
+        return "running"
+    return next((module.test_norm for module in generator.modules() if isinstance(module, GeneratorNorm)), "running")
+
+
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
-    # Affine with running statistics (AlignGAN): eval mode uses the running averages, so ``translate`` in eval
-    # mode maps one image to one output whatever else is in the batch.
-    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=True)
+    return GeneratorNorm(channels)
 
 
 class _GeneratorResidualBlock(nn.Module):
@@ -70,11 +110,15 @@ class ResnetGenerator(nn.Module):
     two stride-2 4x4 transposed convs (2C, C) → conv7x7 → 3, tanh. Images in [-1, 1]; the output has exactly the
     input's H×W whenever H and W are multiples of 4 (the toolkit uses multiples of 16).
 
+    ``test_norm`` (``model.generator_test_norm``) says what its InstanceNorms use in eval mode
+    (:class:`GeneratorNorm`).
+
     ``input_skip`` (``model.generator_skip``, not in AlignGAN) adds a 1x1 convolution of the input to the output
     convolution before the tanh: a full-resolution path, so a small generator trained for a few hundred
     iterations keeps the person's edges and patterns instead of a blurred silhouette."""
 
-    def __init__(self, base_channels: int = 64, n_res_blocks: int = 4, input_skip: bool = False) -> None:
+    def __init__(self, base_channels: int = 64, n_res_blocks: int = 4, input_skip: bool = False,
+                 test_norm: str = "running") -> None:
         super().__init__()
         c = base_channels
         layers: list[nn.Module] = [
@@ -100,6 +144,7 @@ class ResnetGenerator(nn.Module):
         self.input_skip = nn.Conv2d(3, 3, 1) if input_skip else None
         self.base_channels = base_channels
         self.n_res_blocks = n_res_blocks
+        set_generator_test_norm(self, test_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)

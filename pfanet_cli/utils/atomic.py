@@ -262,3 +262,31 @@ def check_writable_folder(folder: str | Path, what: str = "output folder") -> No
         if exc.errno in NO_SPACE_ERRNOS:
             raise disk_full(folder, previous_kept=False) from exc
         raise
+
+
+def temporary_folder(out: Path) -> Path:
+    """Where a folder ``out`` is built before :func:`replace_folder` swaps it in: ``.NAME.tmp-PID`` beside it."""
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def recover_interrupted_folder(out: Path) -> None:
+    """Undo what a killed writer of the folder ``out`` left beside it: its half-built ``.NAME.tmp-PID`` folder,
+    and the previous version moved aside as ``.NAME.old-PID`` in the instant before the new one took its place
+    (put back when ``out`` is missing)."""
+    for entry in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = entry.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(entry, out)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Swap the folder ``tmp`` in as ``out``; the old ``out`` is removed only after the swap succeeded."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

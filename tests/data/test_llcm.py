@@ -117,6 +117,8 @@ def test_the_published_plan_and_its_limits():
     assert plan.totals() == {s: dict(llcm.PUBLISHED_COUNTS[s]) for s in ("train", "test")}
     assert not set(plan.splits["train"]) & set(plan.splits["test"])
     assert plan_synthetic_llcm("small", seed=4).images() == plan_synthetic_llcm("small", seed=4).images()
+    small = plan_synthetic_llcm("small").totals()["test"]          # was 10 test ids: R20 could not fail
+    assert small["ids"] >= 2 * 20 and small["rgb"] > small["ids"] and small["ir"] > small["ids"]
     with pytest.raises(UsageError, match="--ids applies to the small preset"):
         plan_synthetic_llcm("llcm", ids=10)
     with pytest.raises(UsageError, match="unknown LLCM synthetic preset 'sysu'"):

@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from pfanet_cli.cli import main
-from pfanet_cli.evaluation.extract import extract_split, load_feature_networks
+from pfanet_cli.evaluation.extract import extract_split
+from pfanet_cli.inference.feature_model import load_feature_networks
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR, parameter_counts
 from pfanet_cli.modeling.gan import GreyGenerator
 from tests.helpers import TINY, error_line, small_config
@@ -39,6 +40,7 @@ def test_grey_train_joint_trains_f_alone_and_extract_uses_luma(prepared, tmp_pat
     assert isinstance(generator, GreyGenerator)
     features = extract_split(out / "checkpoints/last.pt", prepared, device="cpu")
     assert np.isfinite(features.features).all() and len(features) > 0
+    assert features.provenance["translation"].startswith("RGB -> grey by a fixed luma conversion")
 
 
 def test_grey_refuses_train_gan_and_an_init_gan(prepared, tmp_path, capsys):
@@ -47,6 +49,8 @@ def test_grey_refuses_train_gan_and_an_init_gan(prepared, tmp_path, capsys):
     assert "model.pixel_alignment=grey has no generator to train" in error_line(capsys)
     assert main(["train-joint", *args, "--init-gan", str(tmp_path / "x.pt"), "--out", str(tmp_path / "j")]) == 2
     assert "has no generator to start from" in error_line(capsys)
+    assert main(["train-joint", *args, "joint.generator_warmup_iterations=2", "--dry-run"]) == 2
+    assert "model.pixel_alignment=grey has none" in error_line(capsys)
 
 
 def test_grey_dry_run_counts_f_and_nothing_else():

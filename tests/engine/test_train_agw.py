@@ -72,6 +72,10 @@ def test_demo_agw_trains_extracts_and_evaluates(prepared, tmp_path, capsys):
     card = json.loads((tmp_path / "r.json").read_text())["card"]
     assert card["method"] == info["method"] and card["augmentation"] == info["augmentation"]
     assert card["feature"].startswith("fc: AGW's BN-neck") and card["flip"].startswith("not flipped (AGW's test.py)")
+    assert card["translation"] == "none: AGW's RGB images go through its visible stem"
+    assert main(["extract", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(prepared),
+                 "--out", str(tmp_path / "n.npz"), "--generator-norm", "instance"]) == 2
+    assert "is AGW's (train-agw), which has no generator" in error_line(capsys)
     pool = tmp_path / "pool.npz"
     assert main(["extract", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(prepared),
                  "--out", str(pool), "--device", "cpu", "--feature", "pool"]) == 0

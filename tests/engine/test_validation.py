@@ -15,7 +15,7 @@ from pfanet_cli.engine.checkpoint import load_checkpoint, restore_networks
 from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
 from pfanet_cli.engine.validation import Validator
-from pfanet_cli.evaluation.extract import compute_features
+from pfanet_cli.inference.feature_model import compute_features
 from pfanet_cli.evaluation.protocols import evaluate_sysu_settings
 from tests.engine.test_training import interrupt_at
 from tests.helpers import TINY, error_line, prepare_small, tiny, weights

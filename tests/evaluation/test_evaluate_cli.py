@@ -255,6 +255,41 @@ def test_results_and_plots_on_a_full_disk_keep_the_previous_files_and_finish_aft
     assert main(command) == 0
 
 
+def test_multi_shot_on_one_image_per_folder_is_refused_or_said_on_the_card(tmp_path: Path, capsys):
+    """Features with one gallery image per identity and camera (an export of one trial's gallery) used to be
+    evaluated single-shot under a card saying multi-shot."""
+    feats, pids, camids, paths = sysu_like(seed=12, ids=8, dim=8)
+    first_of_folder = {}
+    for row, key in enumerate(zip(pids.tolist(), camids.tolist())):
+        if key[1] not in (3, 6):
+            first_of_folder.setdefault(key, row)
+    keep = sorted(set(first_of_folder.values()) | set(np.flatnonzero(np.isin(camids, (3, 6))).tolist()))
+    single = save_features(tmp_path / "one.npz", feats[keep], pids[keep], camids[keep], [paths[r] for r in keep])
+    code, _, err = run(["--features", single, "--shot", "multi", "--sampler", "agw", "--json", tmp_path / "m.json"],
+                       capsys)
+    assert code == 3 and "one gallery image per identity and camera" in err and "use --shot single" in err
+    assert not (tmp_path / "m.json").exists()
+    out = tmp_path / "all.json"
+    code, _, _ = run(["--features", single, "--all-settings", "--sampler", "agw", "--trials", "2", "--json", out],
+                     capsys)
+    assert code == 0
+    results = {(r["mode"], r["shot"]): r for r in json.loads(out.read_text())}
+    for mode in ("all", "indoor"):
+        multi, one = results[(mode, "multi")], results[(mode, "single")]
+        assert multi["metrics"] == one["metrics"]
+        assert "one gallery image per identity and camera, so every trial's gallery is the single-shot one" in \
+            multi["card"]["shot"]
+        assert "single-shot one" not in one["card"]["shot"]
+    code, _, _ = run(["--features", sysu_like_file(tmp_path), "--shot", "multi", "--trials", "1",
+                      "--sampler", "agw"], capsys)
+    assert code == 0                                            # several images per folder: multi-shot as before
+
+
+def sysu_like_file(tmp_path: Path) -> Path:
+    feats, pids, camids, paths = sysu_like(seed=12, ids=8, dim=8)
+    return save_features(tmp_path / "many.npz", feats, pids, camids, paths)
+
+
 def test_same_modality_is_printed_and_written_apart_from_the_protocol(sysu_files, capsys):
     plain, with_diagnostic = sysu_files["dir"] / "plain.json", sysu_files["dir"] / "both.json"
     assert run(["--features", sysu_files["features"], "--trials", "3", "--json", plain], capsys)[0] == 0

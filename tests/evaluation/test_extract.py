@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -124,3 +125,35 @@ def test_features_into_a_read_only_folder_are_a_usage_error(trained, read_only_f
     assert main(["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]),
                  "--out", str(out)]) == 2
     assert f"cannot write {out} (Read-only file system); choose a writable location" in error_line(capsys)
+
+
+def test_g_i_test_norm_comes_from_the_checkpoint_or_generator_norm_and_is_on_the_card(trained, tmp_path, capsys):
+    """``model.generator_test_norm``: the checkpoint's value by default, ``--generator-norm`` overrides it without
+    retraining; only the translated RGB rows change, and the protocol card's ``translation`` says which."""
+    test = open_prepared(trained["prep"]).split("test")
+    running = extract_split(trained["joint"], trained["prep"])
+    instance = extract_split(trained["joint"], trained["prep"], generator_norm="instance")
+    assert "running statistics" in running.provenance["translation"]
+    assert "each image's own statistics" in instance.provenance["translation"]
+    np.testing.assert_allclose(instance.features[test.is_ir], running.features[test.is_ir], atol=1e-6)
+    assert not np.allclose(instance.features[~test.is_ir], running.features[~test.is_ir], atol=1e-4)
+
+    payload = torch.load(trained["joint"], weights_only=True)
+    payload["architecture"]["generator_test_norm"] = "instance"  # as train-joint writes it with the key set
+    torch.save(payload, tmp_path / "instance.pt")
+    stored = extract_split(tmp_path / "instance.pt", trained["prep"])
+    np.testing.assert_allclose(stored.features, instance.features, atol=1e-6)
+    untranslated = extract_split(tmp_path / "instance.pt", trained["prep"], translate=False)
+    assert untranslated.provenance["translation"].startswith("none")
+
+    out = tmp_path / "f.npz"
+    assert main(["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]),
+                 "--generator-norm", "instance", "--out", str(out), "--device", "cpu"]) == 0
+    code = main(["evaluate", "--features", str(out), "--data", str(trained["prep"]), "--trials", "1",
+                 "--sampler", "agw", "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "r.json").read_text())["card"]
+    assert card["translation"] == instance.provenance["translation"]
+    assert main(["extract", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]),
+                 "--generator-norm", "batch", "--out", str(out)]) == 2
+    assert "must be one of running, instance, got 'batch'" in error_line(capsys)

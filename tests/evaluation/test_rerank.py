@@ -22,11 +22,13 @@ def reciprocal_set(rank: np.ndarray, i: int, k: int) -> list[int]:
     return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
 
 
-def reference_rerank(queries, gallery, k1=20, k2=6, lam=0.3):
+def reference_rerank(queries, gallery, k1=20, k2=6, lam=0.3, power=1):
+    """``power`` 2 squares the squared Euclidean distance again, as layumi's re_ranking.py does with the cosine
+    similarities its evaluate_rerank.py passes."""
     feats = np.concatenate([queries, gallery]).astype(np.float64)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     n, num_query = len(feats), len(queries)
-    dist = np.maximum(2.0 - 2.0 * feats @ feats.T, 0.0)
+    dist = np.maximum(2.0 - 2.0 * feats @ feats.T, 0.0) ** power
     dist = dist / dist.max(axis=1, keepdims=True)              # each row by its largest distance
     rank = np.argsort(dist, axis=1, kind="stable")
     weights = np.zeros((n, n))
@@ -66,6 +68,21 @@ def test_equals_the_straightforward_reference(k1, k2, lam):
     expected = reference_rerank(queries, gallery, k1, k2, lam)
     np.testing.assert_allclose(mine, expected, atol=1e-6, rtol=0)
     assert mine.shape == (19, 35) and mine.min() >= 0.0 and mine.max() <= 1.0
+
+
+def test_the_docstring_names_the_implementation_pfanet_equals_and_one_it_does_not():
+    """pfanet computes 2 - 2 cos, as zhunzhong07's re_ranking_ranklist.py does from Euclidean distances; the copy
+    that squares it again (layumi's re_ranking.py) gives other distances, so the docstring may not say that
+    AGW-family copies all give pfanet's numbers."""
+    feats, _ = clustered(11, ids=9, per_id=6)
+    queries, gallery = feats[:19], feats[19:]
+    mine = kreciprocal_distances(queries, gallery)
+    np.testing.assert_allclose(mine, reference_rerank(queries, gallery), atol=1e-6, rtol=0)
+    assert np.abs(mine - reference_rerank(queries, gallery, power=2)).max() > 1e-2
+    doc = " ".join(rerank.__doc__.split())
+    assert "zhunzhong07/person-re-ranking" in doc and "re_ranking_ranklist.py" in doc
+    assert "layumi's ``re_ranking.py``" in doc and "differ" in doc
+    assert "AGW / reid-strong-baseline copies" not in doc
 
 
 def test_small_memory_budgets_give_the_same_distances():

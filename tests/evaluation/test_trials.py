@@ -70,6 +70,27 @@ def test_all_trials_errors(tmp_path, capsys, monkeypatch, args, code, message):
     assert message in error_line(capsys)
 
 
+def test_all_trials_checks_and_follows_direction(tmp_path, capsys):
+    """--direction with --all-trials was neither checked nor used: 'sideways' exited 0 with both directions."""
+    for trial, seed in ((1, 3), (2, 4)):
+        regdb_features(tmp_path / f"trial{trial}.npz", seed)
+    template = str(tmp_path / "trial{trial}.npz")
+    assert main(["evaluate", "--dataset", "regdb", "--all-trials", "--trial", "1,2", "--features", template,
+                 "--direction", "sideways", "--json", str(tmp_path / "bad.json")]) == 2
+    assert "unknown RegDB direction 'sideways': choose one of v2t, t2v, both" in error_line(capsys)
+    assert not (tmp_path / "bad.json").exists()
+    out = tmp_path / "t2v.json"
+    assert main(["evaluate", "--dataset", "regdb", "--all-trials", "--trial", "1,2", "--features", template,
+                 "--direction", "t2v", "--json", str(out)]) == 0
+    aggregate = json.loads(out.read_text())
+    assert [r["mode"] for r in aggregate] == ["t2v"]
+    both = tmp_path / "both.json"
+    assert main(["evaluate", "--dataset", "regdb", "--all-trials", "--trial", "1,2", "--features", template,
+                 "--json", str(both)]) == 0
+    assert json.loads(both.read_text())[1]["metrics"] == aggregate[0]["metrics"]
+    assert_mean_and_std_of_the_trial_files(aggregate, [tmp_path / "t2v_trial1.json", tmp_path / "t2v_trial2.json"])
+
+
 def test_rerank_parameters_out_of_range_exit_2(tmp_path, capsys):
     path = regdb_features(tmp_path / "f.npz", 1)
     for args, message in ((["--rerank", "kreciprocal", "--k1", "0"], "--k1 must be at least 1"),

@@ -10,6 +10,9 @@ from torch import nn
 from pfanet_cli.modeling.attention import (
     GlobalAttention,
     ModalityMitigation,
+    NAMBasicBlock,
+    NAMBottleneck,
+    StageBNG,
     channel_shuffle,
     nam_channel_weights,
     nam_gate,
@@ -214,3 +217,57 @@ def test_mmm_mask_and_mixing(monkeypatch):
     assert torch.allclose(mmm(x), 0.25 * x + 0.75 * normalised, atol=1e-5)
     mmm.eval()  # no running statistics: eval mode normalises per instance too
     assert torch.allclose(mmm(x), 0.25 * x + 0.75 * normalised, atol=1e-5)
+
+
+def test_gam_gradient_at_the_first_step_reaches_only_the_zero_initialised_layers_and_what_follows_them():
+    """docs/model.md measured: with the last channel Linear and the spatial gate's last BN γ at zero, the first
+    backward pass gives exactly zero gradient to everything in front of them (the channel MLP's first Linear, the
+    spatial convolutions and the spatial gate's first BN), and a non-zero one to those layers themselves."""
+    torch.manual_seed(0)
+    gam = GlobalAttention(32, 4, 4)
+    x = torch.randn(4, 32, 6, 4)
+    (gam(x) * torch.randn(4, 32, 6, 4)).sum().backward()
+    zero = {name for name, p in gam.named_parameters() if torch.count_nonzero(p.grad) == 0}
+    assert zero == {"channel_mlp.0.weight", "channel_mlp.0.bias", "spatial_reduce.weight",
+                    "spatial_reduce_bn.weight", "spatial_reduce_bn.bias", "spatial_expand.weight"}
+    assert {name for name, _ in gam.named_parameters()} - zero == {
+        "channel_mlp.2.weight", "channel_mlp.2.bias", "spatial_expand_bn.weight", "spatial_expand_bn.bias"}
+
+
+def test_dense_gam_at_ratio_16_costs_what_grouped_gam_at_ratio_4_costs_in_its_spatial_convolutions():
+    """The two readings of GAM's ratio (docs/model.md): SPEC's 4 groups at r = 4, or BAM's r = 16 dense."""
+    dense16, grouped4 = GlobalAttention(2048, 16, 1), GlobalAttention(2048, 4, 4)
+    convs = ("spatial_reduce", "spatial_expand")
+    assert sum(count_parameters(getattr(dense16, c)) for c in convs) == \
+        sum(count_parameters(getattr(grouped4, c)) for c in convs) == 2 * 49 * 2048 * 128
+
+
+def test_bng_as_one_block_at_each_stage_output():
+    """``model.bng_placement: stages``: no gate inside the residual blocks; at each stage output a new BN, NAM's
+    gate of its input ``sigmoid(w ⊙ BN(x)) ⊙ x`` (eq. 9), then GAM (eq. 10), checked against those formulas."""
+    f = FeatureExtractor(3, small_config(bng_placement="stages"))
+    blocks = [m for m in f.modules() if isinstance(m, (NAMBasicBlock, NAMBottleneck))]
+    assert blocks and not any(block.nam for block in blocks)
+    stages = [f.gam1, f.gam2, f.gam3, f.gam4]
+    assert all(isinstance(s, StageBNG) for s in stages)
+    plain = FeatureExtractor(3, small_config())
+    assert count_parameters(f) - count_parameters(plain) == 2 * (64 + 128 + 256 + 512)  # the four new BNs
+    torch.manual_seed(0)
+    stage = StageBNG(16, 4, 4).eval()
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.normal_()
+        x = torch.randn(2, 16, 5, 3)
+        bn = stage.channel_gate.bn
+        w = (bn.weight.abs() / bn.weight.abs().sum()).reshape(1, -1, 1, 1)
+        gated = torch.sigmoid(w * bn(x)) * x
+        torch.testing.assert_close(stage(x), stage.global_attention(gated))
+
+
+def test_mmm_after_the_last_stage_only_rescales_the_pooled_feature():
+    """docs/model.md: GAP(MMM(x)) = m ⊙ GAP(x), since IN's output has zero spatial mean in every channel."""
+    torch.manual_seed(0)
+    mmm = ModalityMitigation(32, 16)
+    x = torch.randn(3, 32, 6, 4) * 3 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(mmm(x).mean(dim=(2, 3)), mmm.mask(x)[:, :, 0, 0] * x.mean(dim=(2, 3)))

@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from pfanet_cli.modeling.build import count_parameters
-from pfanet_cli.modeling.gan import JointDiscriminator, PatchDiscriminator, ResnetGenerator
+from pfanet_cli.errors import UsageError
+from pfanet_cli.modeling.gan import (
+    GeneratorNorm,
+    JointDiscriminator,
+    PatchDiscriminator,
+    ResnetGenerator,
+    generator_test_norm,
+    set_generator_test_norm,
+)
 from tests.helpers import FULL, SMALL
 
 
@@ -103,3 +111,40 @@ def test_generator_and_discriminator_counts():
     j = sum(widths[i] * widths[i + 1] * 16 + widths[i + 1] for i in range(3))
     j += 2048 * 64 + 64 + 320 * 512 * 16 + 512 + 512 * 1024 * 16 + 1024 + 1024 * 9
     assert count_parameters(JointDiscriminator(2048, 64, 64)) == j
+
+
+def test_generator_test_norm_instance_normalises_each_image_by_itself_in_eval_mode():
+    """``model.generator_test_norm``: in eval mode G's InstanceNorm uses the running statistics of training
+    (``running``, PyTorch's and AlignGAN's behaviour) or each image's own statistics (``instance``), which gives
+    what train mode gives, without updating the running statistics; both map one image whatever the batch."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(8, 2)
+    x = torch.rand(3, 3, *SMALL) * 2 - 1
+    for _ in range(3):
+        g(torch.rand(4, 3, *SMALL))  # running statistics of other images
+    g.eval()
+    stats = {k: v.clone() for k, v in g.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        running = g(x)
+        set_generator_test_norm(g, "instance")
+        instance = g(x)
+        assert generator_test_norm(g) == "instance"
+        assert torch.allclose(instance[:1], g(x[:1]), atol=1e-6)
+        g.train()
+        per_image = g(x)
+    assert not torch.allclose(running, instance, atol=1e-3)
+    torch.testing.assert_close(instance, per_image)
+    after = {k: v for k, v in g.state_dict().items() if "running" in k}
+    assert not all(torch.equal(stats[k], after[k]) for k in stats)  # only the train-mode call moved them
+    g2 = ResnetGenerator(8, 2, test_norm="instance")
+    assert all(m.test_norm == "instance" for m in g2.modules() if isinstance(m, GeneratorNorm))
+    with pytest.raises(UsageError, match="must be one of running, instance"):
+        set_generator_test_norm(g2, "batch")
+
+
+def test_eval_with_instance_statistics_leaves_the_running_statistics_alone():
+    g = ResnetGenerator(8, 1, test_norm="instance").eval()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    with torch.no_grad():
+        g(torch.rand(2, 3, *SMALL) * 2 - 1)
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
