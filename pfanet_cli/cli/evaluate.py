@@ -81,11 +81,9 @@ def evaluate_command(
     from pfanet_cli.data.regdb import parse_trials  # heavy: numpy, not needed for --help
     from pfanet_cli.evaluation import run  # heavy: numpy, scipy and matplotlib, not needed for --help
     from pfanet_cli.evaluation import trials as regdb_trials  # heavy: numpy, not needed for --help
-    from pfanet_cli.evaluation.rerank import rerank_config, rerank_device  # heavy: numpy and scipy, not for --help
+    from pfanet_cli.evaluation.rerank import command_rerank  # heavy: numpy and scipy, not needed for --help
 
-    reranking = rerank_config(rerank, k1, k2, lambda_value)
-    if reranking is not None:
-        reranking = reranking.on(rerank_device(device))
+    reranking = command_rerank(rerank, k1, k2, lambda_value, device)
     given = options_on_command_line(ctx, run.OPTION_DATASETS)
     if all_trials:
         run.refuse_options_for_other_datasets("regdb", given)

@@ -104,6 +104,14 @@ def rerank_device(requested: str | None) -> str | None:
     return None if device.type == "cpu" else str(device)
 
 
+def command_rerank(method: str, k1: int | None, k2: int | None, lambda_value: float | None,
+                   device: str | None) -> RerankConfig | None:
+    """:func:`rerank_config` with its neighbour search on the device ``--device`` resolves to (see
+    :func:`rerank_device`); None when re-ranking is off."""
+    config = rerank_config(method, k1, k2, lambda_value)
+    return None if config is None else config.on(rerank_device(device))
+
+
 class KReciprocal:
     """k-reciprocal re-ranking of any number of trials drawn from one pool: ``queries`` (feature rows) and
     ``pool`` (the gallery rows every trial draws from). The neighbour lists are computed once, with numpy or
