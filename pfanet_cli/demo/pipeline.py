@@ -25,7 +25,7 @@ from rich.table import Table
 from pfanet_cli.config import Recipe, load_recipe
 from pfanet_cli.data.prepare import prepare_sysu
 from pfanet_cli.data.prepared import PreparedData, PreparedSplit, open_prepared
-from pfanet_cli.data.synthetic import render_synthetic_sysu
+from pfanet_cli.data.synthetic import SyntheticPlan, other_render, plan_synthetic_sysu, render_plan
 from pfanet_cli.data.synthetic.nir import DEFAULT_IR_RESIDUAL
 from pfanet_cli.data.sysu import RandPerm, load_rand_perm_cam
 from pfanet_cli.demo.report import GAP_HEADER, Figure, ReportContent, modality_gap_rows, setting_name, write_report
@@ -34,7 +34,7 @@ from pfanet_cli.engine.runtime import resolve_device
 from pfanet_cli.engine.train_gan import GanTrainer
 from pfanet_cli.engine.train_joint import JointTrainer
 from pfanet_cli.engine.trainer import run_stage
-from pfanet_cli.errors import Interrupted
+from pfanet_cli.errors import Interrupted, UsageError
 from pfanet_cli.evaluation.baselines import raw_pixel_features
 from pfanet_cli.evaluation.card import FEATURE, attach_source
 from pfanet_cli.evaluation.extract import extract_split
@@ -116,9 +116,10 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", ids: int | Non
 
 def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed: int, ir_residual: float,
          stages: _Stages) -> DemoResult:
+    plan = plan_synthetic_sysu("small", ids=ids, seed=seed, ir_residual=ir_residual)
+    _refuse_training_of_other_data(out, plan)
     with stages.stage("render synthetic data"):
-        render_synthetic_sysu(out / "raw", preset="small", ids=ids, seed=seed, show_progress=True, reuse=True,
-                              ir_residual=ir_residual)
+        render_plan(plan, out / "raw", show_progress=True, reuse=True)
     with stages.stage("prepare-data sysu"):
         prepare_sysu(out / "raw", out / "prepared", height=recipe.data.height, width=recipe.data.width)
     with stages.stage("train-gan"):
@@ -155,6 +156,16 @@ def _run(out: Path, recipe: Recipe, overrides: list[str], ids: int | None, seed:
     _print_table(results, evaluations, same_modality)
     console.print(f"report: {page}")
     return DemoResult(out, markdown, page, results, evaluations, stages.timings, same_modality)
+
+
+def _refuse_training_of_other_data(out: Path, plan: SyntheticPlan) -> None:
+    """Exit 2 before anything is rendered over when ``out`` holds training runs of another render: re-rendering
+    would leave them trained on data that is gone, and train-joint would refuse their GAN."""
+    difference = other_render(out / "raw", plan)
+    trained = [name for name in ("gan", "joint") if (out / name).exists()]
+    if difference and trained:
+        raise UsageError(f"{out} holds a demo trained on other synthetic data ({difference}); pass another --out, "
+                         f"or remove {out} to start over")
 
 
 def _attach_cards(evaluations: dict[str, list[EvalResult]], trained: FeatureSet, data: PreparedData) -> None:

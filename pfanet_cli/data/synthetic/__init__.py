@@ -41,6 +41,7 @@ from pfanet_cli.data.synthetic.plan import PRESETS, SyntheticPlan, plan_syntheti
 from pfanet_cli.data.synthetic.render import (
     MARKER_FILE,
     SyntheticSummary,
+    other_render,
     render_person_image,
     render_plan,
     render_synthetic_sysu,
@@ -58,6 +59,7 @@ __all__ = [
     "MARKER_FILE",
     "SyntheticPlan",
     "SyntheticSummary",
+    "other_render",
     "plan_synthetic_sysu",
     "render_plan",
     "render_synthetic_sysu",

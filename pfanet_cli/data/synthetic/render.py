@@ -300,13 +300,37 @@ def _write_marker(out: Path, plan: SyntheticPlan, complete: bool) -> None:
     write_text(out / MARKER_FILE, json.dumps(_marker_info(plan, complete), indent=1, sort_keys=True) + "\n")
 
 
-def _already_rendered(out: Path, plan: SyntheticPlan) -> bool:
-    """True when ``out`` holds a complete render of exactly ``plan`` (same preset, seed, size, ids)."""
+def _read_marker(out: Path) -> dict | None:
     try:
         marker = json.loads((out / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return marker == json.loads(json.dumps(_marker_info(plan, complete=True)))
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _already_rendered(out: Path, plan: SyntheticPlan) -> bool:
+    """True when ``out`` holds a complete render of exactly ``plan`` (same preset, seed, size, ids)."""
+    return _read_marker(out) == json.loads(json.dumps(_marker_info(plan, complete=True)))
+
+
+def other_render(out: Path, plan: SyntheticPlan) -> str | None:
+    """How the render already in ``out`` differs from ``plan`` (None when there is none, or it is ``plan``'s,
+    complete or not): which of preset, seed, size, identities per split and IR residual share differ."""
+    marker = _read_marker(out)
+    if marker is None:
+        return None
+    wanted = json.loads(json.dumps(_marker_info(plan, complete=True)))
+    keys = ("renderer_version", "preset", "seed", "height", "width", "ids", "ir_residual")
+    differing = [key for key in keys if marker.get(key) != wanted[key]]
+    return ", ".join(f"{key} {_shown(marker.get(key))} there, {_shown(wanted[key])} asked for"
+                     for key in differing) or None
+
+
+def _shown(value: object) -> str:
+    """A marker value in a message; the ``ids`` per split as the number of identities rendered."""
+    if isinstance(value, dict):
+        return str(value.get("available", "?"))
+    return str(value)
 
 
 def _summary(plan: SyntheticPlan, out: Path, seconds: float) -> SyntheticSummary:
