@@ -118,7 +118,7 @@ def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate
     else:
         triplet = (recipe.get("joint") or {}).get("triplet_feature")
         feature = FEATURE + (f"; the triplet loss trained joint.triplet_feature = {triplet}" if triplet else "")
-        flip = FLIP + ("; RGB images translated to fake IR by G_I first" if translate else "; RGB images as they are")
+        flip = FLIP + _rgb_input(recipe, translate)
     source = {"flip": flip, "feature": feature, **training_description(recipe, payload.get("stage")),
               "checkpoint": {"path": str(checkpoint), "chosen": checkpoint_choice(payload),
                              "stage": payload.get("stage"), "iteration": payload.get("iteration")},
@@ -126,6 +126,15 @@ def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate
     if split is not None:
         source["split"] = split
     return source
+
+
+def _rgb_input(recipe: Mapping[str, Any], translate: bool) -> str:
+    """What the flip line says the RGB images went through before F."""
+    if not translate:
+        return "; RGB images as they are"
+    if (recipe.get("model") or {}).get("pixel_alignment") == "grey":
+        return "; RGB images converted to grey first"
+    return "; RGB images translated to fake IR by G_I first"
 
 
 def _translation(recipe: Mapping[str, Any], translate: bool, agw: bool, generator_norm: str) -> str:

@@ -152,8 +152,9 @@ class CheckpointModel(FeatureModel):
 
     @property
     def generator_norm(self) -> str | None:
-        """What G_I's InstanceNorm uses at test time (``running`` or ``instance``); None without G_I."""
-        return None if self.generator is None else generator_test_norm(self.generator)
+        """What G_I's InstanceNorm uses at test time (``running`` or ``instance``); None without G_I or when it has
+        no InstanceNorm (the grey G_I)."""
+        return generator_test_norm(self.generator)
 
     def provenance(self, split: str | None = None) -> dict[str, Any]:
         """The card's source half (AGW's: with the test vector and flip it used; PFANet's: with G_I's test-time
@@ -165,7 +166,7 @@ class CheckpointModel(FeatureModel):
     @cached_property
     def fingerprint(self) -> str:
         agw = f" ({self.extractor.test_vector}, flip {self.extractor.test_flip})" if self.is_agw else ""
-        norm = f" (G_I test norm {self.generator_norm})" if self.generator is not None else ""
+        norm = f" (G_I test norm {self.generator_norm})" if self.generator_norm is not None else ""
         return f"checkpoint sha256 {file_sha256(self.checkpoint)}{agw}{norm}"
 
     @property

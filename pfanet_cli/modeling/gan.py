@@ -62,12 +62,12 @@ def set_generator_test_norm(generator: nn.Module, test_norm: str) -> None:
             module.test_norm = test_norm
 
 
-def generator_test_norm(generator: nn.Module | None) -> str:
-    """What ``generator``'s InstanceNorms use in eval mode (``running`` when there is no generator or it has no
-    InstanceNorm of its own)."""
+def generator_test_norm(generator: nn.Module | None) -> str | None:
+    """What ``generator``'s InstanceNorms use in eval mode; None when there is no generator or it has no
+    InstanceNorm (the grey G_I of ``model.pixel_alignment: grey``)."""
     if generator is None:
-        return "running"
-    return next((module.test_norm for module in generator.modules() if isinstance(module, GeneratorNorm)), "running")
+        return None
+    return next((module.test_norm for module in generator.modules() if isinstance(module, GeneratorNorm)), None)
 
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:

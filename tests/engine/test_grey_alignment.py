@@ -3,15 +3,19 @@ alone (no train-gan run, no G_R, no discriminators), and extract and translate u
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from pfanet_cli.cli import main
 from pfanet_cli.evaluation.extract import extract_split
 from pfanet_cli.inference.feature_model import load_feature_networks
 from pfanet_cli.modeling.build import EXTRACTOR, GENERATOR_RGB2IR, parameter_counts
 from pfanet_cli.modeling.gan import GreyGenerator
+from pfanet_cli.translate import translate_folder
 from tests.helpers import TINY, error_line, small_config
 
 GREY = "model.pixel_alignment=grey"
@@ -27,6 +31,8 @@ def test_grey_generator_is_luma_in_three_channels_and_has_nothing_to_train():
 
 
 def test_grey_train_joint_trains_f_alone_and_extract_uses_luma(prepared, tmp_path, capsys):
+    (tmp_path / "rgb").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(tmp_path / "rgb/a.png")
     out = tmp_path / "grey"
     assert main(["train-joint", str(TINY), f"data.root={prepared}", f"train.runs_root={tmp_path / 'runs'}", GREY,
                  "joint.warmup_iterations=2", "joint.iterations=2", "--out", str(out)]) == 0
@@ -41,6 +47,13 @@ def test_grey_train_joint_trains_f_alone_and_extract_uses_luma(prepared, tmp_pat
     features = extract_split(out / "checkpoints/last.pt", prepared, device="cpu")
     assert np.isfinite(features.features).all() and len(features) > 0
     assert features.provenance["translation"].startswith("RGB -> grey by a fixed luma conversion")
+    assert features.provenance["flip"].endswith("; RGB images converted to grey first")
+    assert "G_I" not in features.provenance["flip"]
+    summary = translate_folder(tmp_path / "rgb", tmp_path / "fake", out / "checkpoints/last.pt")
+    manifest = json.loads(summary.manifest.read_text())
+    assert manifest["generator_test_norm"] is None  # the luma conversion has no InstanceNorm to describe
+    fake = np.asarray(Image.open(tmp_path / "fake" / "a.png")).astype(float)
+    assert np.abs(fake[..., 0] - fake[..., 2]).max() <= 1  # grey: the three channels agree
 
 
 def test_grey_refuses_train_gan_and_an_init_gan(prepared, tmp_path, capsys):
