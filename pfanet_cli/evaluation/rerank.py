@@ -97,8 +97,11 @@ def rerank_config(method: str, k1: int | None = None, k2: int | None = None,
 
 def rerank_device(requested: str | None) -> str | None:
     """Where re-ranking's neighbour search runs for ``--device`` (None: auto): the CUDA device it resolves
-    to, or None for numpy on the CPU."""
-    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only when re-ranking
+    to, or None for numpy on the CPU. ``cpu`` is answered without importing torch (only ``auto`` and CUDA
+    devices need it, to see what is there)."""
+    if requested == "cpu":
+        return None
+    from pfanet_cli.engine.runtime import resolve_device  # heavy: torch, only when re-ranking off the CPU
 
     device = resolve_device(requested or "auto")
     return None if device.type == "cpu" else str(device)

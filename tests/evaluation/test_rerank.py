@@ -5,11 +5,16 @@ float32 could not order."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from pfanet_cli.data.llcm import TEST_NIR_CAMERAS, VIS_CAMERAS
 from pfanet_cli.errors import UsageError
+from pfanet_cli.evaluation.features import save_features
 from pfanet_cli.evaluation.galleries import sample_gallery_agw, sample_llcm
 from pfanet_cli.evaluation import rerank
 from pfanet_cli.evaluation.protocols import evaluate_llcm, evaluate_regdb, evaluate_sysu, evaluate_sysu_settings
@@ -154,6 +159,18 @@ def test_the_device_follows_the_command_line():
         assert rerank_device(None) is None
         with pytest.raises(UsageError, match="no CUDA device"):
             rerank_device("cuda")
+
+
+def test_re_ranking_on_the_cpu_evaluates_a_features_file_without_importing_torch(tmp_path):
+    feats, pids, camids, paths = sysu_like(seed=3)
+    save_features(tmp_path / "f.npz", feats, pids, camids, paths, dataset="sysu")
+    script = ("import sys; from pfanet_cli.cli import main; "
+              f"code = main(['evaluate', '--features', {str(tmp_path / 'f.npz')!r}, '--rerank', 'kreciprocal', "
+              "'--device', 'cpu', '--sampler', 'agw', '--trials', '1', '--json', 'out.json']); "
+              "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stdout + done.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["card"]["rerank"]["method"].startswith("k-reciprocal")
 
 
 def test_re_ranking_improves_a_clustered_retrieval():
