@@ -21,6 +21,7 @@ from pfanet_cli.evaluation.card import attach_source, card_rows, split_summary
 from pfanet_cli.evaluation.examples import ranked_examples, ranked_list_rows
 from pfanet_cli.evaluation.features import FeatureSet, load_features, read_provenance
 from pfanet_cli.evaluation.galleries import check_choice, load_perm, sample_gallery_official
+from pfanet_cli.evaluation.history import record_evaluation
 from pfanet_cli.evaluation.protocols import (
     ALL_SYSU_SETTINGS,
     METRIC_KEYS,
@@ -200,6 +201,21 @@ def evaluate_source_same_modality(source: EvaluationSource, *, trials: int = 10,
     results = evaluate_same_modality(fs.features, fs.pids, fs.camids, fs.paths, trials=trials, max_rank=max_rank)
     attach_source(results, source_card(source))
     return results
+
+
+def log_evaluation(source: EvaluationSource, results: list[EvalResult]) -> None:
+    """Append the results to the run log of the checkpoint the features were just extracted with
+    (``history.py``), so ``pfanet export`` can record them; a log that cannot be written is a note, not an error."""
+    checkpoint = ((source.features.provenance or {}).get("checkpoint") or {}).get("path")
+    if not checkpoint:
+        return
+    try:
+        log = record_evaluation(Path(checkpoint), results)
+    except OSError as exc:
+        console.print(f"note: the evaluation was not added to the run's log ({exc.strerror or exc})")
+        return
+    if log is not None:
+        console.print(f"evaluation added to {log}")
 
 
 def report_same_modality(source: EvaluationSource, *, trials: int = 10, max_rank: int = 20,

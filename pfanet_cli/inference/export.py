@@ -24,6 +24,7 @@ import torch
 from pfanet_cli import __version__
 from pfanet_cli.errors import CheckpointError, DataError, PfanetError, UsageError
 from pfanet_cli.evaluation.card import checkpoint_choice
+from pfanet_cli.evaluation.history import RECORDED_KEYS, last_evaluation
 from pfanet_cli.inference.extras import require_extra
 from pfanet_cli.inference.feature_model import CheckpointModel
 from pfanet_cli.inference.onnx_model import (
@@ -205,10 +206,15 @@ def _check_parity(model: CheckpointModel, folder: Path, paths: list[str], images
 
 
 def _evaluation_record(model: CheckpointModel, results: Path | None) -> dict[str, Any]:
-    """What is known of the checkpoint's evaluation: its recorded selection (best.pt) and, with ``results``, the
-    metrics and protocol cards of an evaluation JSON computed with this checkpoint."""
-    record: dict[str, Any] = {"selection": model.payload.get("selection"), "results": None}
+    """What is known of the checkpoint's evaluation: its recorded selection (best.pt) and the metrics and protocol
+    cards of an evaluation JSON computed with this checkpoint (``results``), or else of the newest evaluation of
+    this checkpoint file in its run's log (``evaluation/history.py``); ``from`` says which."""
+    record: dict[str, Any] = {"selection": model.payload.get("selection"), "results": None, "from": None}
     if results is None:
+        logged = last_evaluation(model.checkpoint)
+        if logged is not None:
+            record["results"] = logged["results"]
+            record["from"] = f"{logged['log']} (pfanet evaluate, {logged['evaluated_at']})"
         return record
     try:
         loaded = json.loads(Path(results).read_text(encoding="utf-8"))
@@ -221,8 +227,8 @@ def _evaluation_record(model: CheckpointModel, results: Path | None) -> dict[str
             raise UsageError(f"--results {results} was not computed with {model.checkpoint} (its card names "
                              f"{used.get('path') if isinstance(used, dict) else used}); pass the JSON of "
                              f"`pfanet evaluate --checkpoint {model.checkpoint} --json ...`")
-    record["results"] = [{key: entry.get(key) for key in ("dataset", "mode", "shot", "sampler", "trials", "metrics",
-                                                          "card")} for entry in entries]
+    record["results"] = [{key: entry.get(key) for key in RECORDED_KEYS} for entry in entries]
+    record["from"] = f"--results {results}"
     return record
 
 

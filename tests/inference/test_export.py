@@ -120,17 +120,46 @@ def test_a_failed_parity_check_writes_nothing_and_keeps_the_previous_export(expo
 def test_export_records_an_evaluation_of_this_checkpoint_only(exported, trained, tmp_path, capsys):
     from pfanet_cli.inference.export import _evaluation_record  # the record alone: no second export needed
 
+    assert OnnxModel(exported).meta["evaluation"] == {"selection": None, "results": None, "from": None}
     results = tmp_path / "r.json"
     assert main(["evaluate", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]), "--trials", "1",
                  "--json", str(results)]) == 0
-    model = OnnxModel(exported)
-    assert model.meta["evaluation"] == {"selection": None, "results": None}
-
     selected = SimpleNamespace(checkpoint=trained["joint"], payload={"selection": {"rule": "best val mAP"}})
     record = _evaluation_record(selected, results)
     assert record["selection"] == {"rule": "best val mAP"} and record["results"][0]["card"]["dataset"] == "SYSU-MM01"
+    assert record["from"] == f"--results {results}"
     with pytest.raises(UsageError, match="was not computed with"):
         _evaluation_record(SimpleNamespace(checkpoint=trained["gan"], payload={}), results)
+
+
+@needs_export
+def test_without_results_export_records_the_newest_evaluation_of_this_checkpoint_in_its_run(trained, tmp_path,
+                                                                                           capsys):
+    from pfanet_cli.inference.export import _evaluation_record  # the record alone: no second export needed
+
+    run = shutil.copytree(trained["joint"].parent.parent, tmp_path / "run")
+    checkpoint = run / "checkpoints" / trained["joint"].name
+    log = run / "evaluations.jsonl"
+    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(trained["prep"]), "--json"]
+    assert main([*evaluate, str(tmp_path / "one.json"), "--trials", "1"]) == 0
+    assert main([*evaluate, str(tmp_path / "two.json"), "--trials", "2", "--all-settings"]) == 0
+    assert f"evaluationaddedto{log}" in "".join(capsys.readouterr().out.split())  # the console wraps long lines
+    with open(log, "a") as handle:
+        handle.write('{"checkpoint": "last.pt", "sha2')               # a line a full disk cut short
+
+    record = _evaluation_record(SimpleNamespace(checkpoint=checkpoint, payload={}), None)
+    newest = json.loads((tmp_path / "two.json").read_text())
+    assert [r["metrics"] for r in record["results"]] == [r["metrics"] for r in newest]
+    assert [r["card"] for r in record["results"]] == [r["card"] for r in newest] and len(newest) == 4
+    assert record["from"].startswith(f"{log} (pfanet evaluate, ")
+
+    other = run / "checkpoints" / "other.pt"                     # another file in the same run: not evaluated
+    shutil.copyfile(trained["gan"], other)
+    assert _evaluation_record(SimpleNamespace(checkpoint=other, payload={}), None)["results"] is None
+    loose = shutil.copyfile(checkpoint, tmp_path / "loose.pt")   # outside a run folder: nothing is logged
+    assert main(["evaluate", "--checkpoint", str(loose), "--data", str(trained["prep"]), "--trials", "1"]) == 0
+    assert not (tmp_path / "evaluations.jsonl").exists()
+    assert _evaluation_record(SimpleNamespace(checkpoint=loose, payload={}), None)["results"] is None
 
 
 @needs_export
