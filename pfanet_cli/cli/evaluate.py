@@ -101,9 +101,7 @@ def evaluate_command(
                                   rerank=reranking)
     run.print_results(results)
     run.write_outputs(source, results, permutation.perm, json_out=json_out, as_list=len(results) > 1,
-                      cmc_plot=cmc_plot, ranks_image=ranks_image, image_root=image_root)
-    if features is None:
-        run.log_evaluation(source, results)
+                      cmc_plot=cmc_plot, ranks_image=ranks_image, image_root=image_root, log=features is None)
     if same_modality:
         run.report_same_modality(source, trials=trials, max_rank=max_rank, json_out=json_out)
 

@@ -330,9 +330,10 @@ def _count(value: int | float) -> str:
 
 def write_outputs(source: EvaluationSource | None, results: list[EvalResult], perm: RandPerm | None, *,
                   json_out: Path | None = None, as_list: bool = False, cmc_plot: Path | None = None,
-                  ranks_image: Path | None = None, image_root: Path | None = None) -> None:
+                  ranks_image: Path | None = None, image_root: Path | None = None, log: bool = False) -> None:
     """The files an evaluation asked for: the JSON (its CMC plot beside it unless another path is given),
-    the CMC plot and the ranked-list picture of the first setting."""
+    the CMC plot and the ranked-list picture of the first setting; with ``log``, the line of the run's log of
+    the checkpoint the features were just extracted with (:func:`log_evaluation`)."""
     if json_out is not None:
         write_results_json(json_out, results, as_list=as_list)
         console.print(f"results written to {json_out}")
@@ -347,6 +348,8 @@ def write_outputs(source: EvaluationSource | None, results: list[EvalResult], pe
         console.print("note: CMC plot skipped: results read back from their JSON files hold no CMC curve")
     if ranks_image is not None:
         _write_ranked_lists(source, results[0], perm, ranks_image, image_root)
+    if log and source is not None:
+        log_evaluation(source, results)
 
 
 def _write_ranked_lists(source: EvaluationSource, result: EvalResult, perm: RandPerm | None, path: Path,
