@@ -5,7 +5,8 @@ train-joint -> translate a sample of test RGB images -> extract -> evaluate the 
 (official sampler, the synthetic permutation file) -> report. Every stage calls the same library
 functions as its subcommand. Each stage picks up what an earlier, interrupted demo left: the render
 and the prepared data are reused when unchanged, training resumes from its last checkpoint, and
-the report files are replaced whole at the end.
+the report files are replaced whole at the end. A folder whose training runs were made on another render (other
+``--ids``, ``--seed`` or ``--ir-residual``) is refused before anything is rendered over it.
 """
 
 from __future__ import annotations
