@@ -39,10 +39,9 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pfanet_cli.config import Recipe, load_recipe, recipe_to_dict
@@ -93,7 +92,6 @@ class Plan:
     validate_every: int
     fidelity: bool
     python: str = sys.executable
-    log_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def raw(self) -> Path:

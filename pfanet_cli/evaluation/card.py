@@ -128,11 +128,16 @@ def extraction_provenance(checkpoint: str, payload: Mapping[str, Any], translate
     return source
 
 
+def _is_grey(recipe: Mapping[str, Any]) -> bool:
+    """A checkpoint of the ablation without the GAN (``model.pixel_alignment: grey``): G_I is the luma conversion."""
+    return (recipe.get("model") or {}).get("pixel_alignment") == "grey"
+
+
 def _rgb_input(recipe: Mapping[str, Any], translate: bool) -> str:
     """What the flip line says the RGB images went through before F."""
     if not translate:
         return "; RGB images as they are"
-    if (recipe.get("model") or {}).get("pixel_alignment") == "grey":
+    if _is_grey(recipe):
         return "; RGB images converted to grey first"
     return "; RGB images translated to fake IR by G_I first"
 
@@ -144,7 +149,7 @@ def _translation(recipe: Mapping[str, Any], translate: bool, agw: bool, generato
         return AGW_TRANSLATION
     if not translate:
         return NO_TRANSLATION
-    if (recipe.get("model") or {}).get("pixel_alignment") == "grey":
+    if _is_grey(recipe):
         return GREY_TRANSLATION
     return TRANSLATIONS.get(generator_norm, generator_norm)
 

@@ -45,13 +45,12 @@ def record_evaluation(checkpoint: Path, results: Sequence[EvalResult]) -> Path |
     return log
 
 
-def last_evaluation(checkpoint: Path) -> dict[str, Any] | None:
-    """The newest logged evaluation of exactly this checkpoint file (by hash), with ``log`` naming the file;
-    None when its run has no log or the log has no line of it."""
+def last_evaluation(checkpoint: Path, digest: str) -> dict[str, Any] | None:
+    """The newest logged evaluation of exactly this checkpoint file (``digest``: its SHA-256), with ``log`` naming
+    the file; None when its run has no log or the log has no line of it."""
     log = history_file(checkpoint)
     if log is None or not log.is_file():
         return None
-    digest = file_sha256(checkpoint)
     found = None
     for text in log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:

@@ -177,7 +177,7 @@ def _model_json(model: CheckpointModel, graphs: dict[str, dict], opset: int, eva
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "dim": model.extractor.feature_channels,
                    "feature": "v(image) + v(horizontal flip), L2-normalised (pooled v of F)"},
         "graphs": graphs,
-        "checkpoint": {"path": str(model.checkpoint), "sha256": file_sha256(model.checkpoint),
+        "checkpoint": {"path": str(model.checkpoint), "sha256": model.sha256,
                        "stage": payload.get("stage"), "iteration": payload.get("iteration"),
                        "chosen": checkpoint_choice(payload), "selection": payload.get("selection")},
         "recipe": payload.get("recipe"), "architecture": payload.get("architecture"),
@@ -211,7 +211,7 @@ def _evaluation_record(model: CheckpointModel, results: Path | None) -> dict[str
     this checkpoint file in its run's log (``evaluation/history.py``); ``from`` says which."""
     record: dict[str, Any] = {"selection": model.payload.get("selection"), "results": None, "from": None}
     if results is None:
-        logged = last_evaluation(model.checkpoint)
+        logged = last_evaluation(model.checkpoint, model.sha256)
         if logged is not None:
             record["results"] = logged["results"]
             record["from"] = f"{logged['log']} (pfanet evaluate, {logged['evaluated_at']})"

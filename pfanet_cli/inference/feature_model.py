@@ -164,10 +164,16 @@ class CheckpointModel(FeatureModel):
                                      agw_test=agw, generator_norm=self.generator_norm or "running")
 
     @cached_property
+    def sha256(self) -> str:
+        """The checkpoint file's SHA-256 (hashed once: the fingerprint, an export's model.json and its run-log
+        lookup all use it)."""
+        return file_sha256(self.checkpoint)
+
+    @cached_property
     def fingerprint(self) -> str:
         agw = f" ({self.extractor.test_vector}, flip {self.extractor.test_flip})" if self.is_agw else ""
         norm = f" (G_I test norm {self.generator_norm})" if self.generator_norm is not None else ""
-        return f"checkpoint sha256 {file_sha256(self.checkpoint)}{agw}{norm}"
+        return f"checkpoint sha256 {self.sha256}{agw}{norm}"
 
     @property
     def description(self) -> str:

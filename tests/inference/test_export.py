@@ -116,6 +116,11 @@ def test_a_failed_parity_check_writes_nothing_and_keeps_the_previous_export(expo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]      # no temporary folder left behind
 
 
+def exported_from(checkpoint, **payload):
+    """What ``_evaluation_record`` reads of the model an export is made from."""
+    return SimpleNamespace(checkpoint=checkpoint, sha256=file_sha256(checkpoint), payload=payload)
+
+
 @needs_export
 def test_export_records_an_evaluation_of_this_checkpoint_only(exported, trained, tmp_path, capsys):
     from pfanet_cli.inference.export import _evaluation_record  # the record alone: no second export needed
@@ -124,12 +129,12 @@ def test_export_records_an_evaluation_of_this_checkpoint_only(exported, trained,
     results = tmp_path / "r.json"
     assert main(["evaluate", "--checkpoint", str(trained["joint"]), "--data", str(trained["prep"]), "--trials", "1",
                  "--json", str(results)]) == 0
-    selected = SimpleNamespace(checkpoint=trained["joint"], payload={"selection": {"rule": "best val mAP"}})
+    selected = exported_from(trained["joint"], selection={"rule": "best val mAP"})
     record = _evaluation_record(selected, results)
     assert record["selection"] == {"rule": "best val mAP"} and record["results"][0]["card"]["dataset"] == "SYSU-MM01"
     assert record["from"] == f"--results {results}"
     with pytest.raises(UsageError, match="was not computed with"):
-        _evaluation_record(SimpleNamespace(checkpoint=trained["gan"], payload={}), results)
+        _evaluation_record(exported_from(trained["gan"]), results)
 
 
 @needs_export
@@ -147,7 +152,7 @@ def test_without_results_export_records_the_newest_evaluation_of_this_checkpoint
     with open(log, "a") as handle:
         handle.write('{"checkpoint": "last.pt", "sha2')               # a line a full disk cut short
 
-    record = _evaluation_record(SimpleNamespace(checkpoint=checkpoint, payload={}), None)
+    record = _evaluation_record(exported_from(checkpoint), None)
     newest = json.loads((tmp_path / "two.json").read_text())
     assert [r["metrics"] for r in record["results"]] == [r["metrics"] for r in newest]
     assert [r["card"] for r in record["results"]] == [r["card"] for r in newest] and len(newest) == 4
@@ -155,11 +160,11 @@ def test_without_results_export_records_the_newest_evaluation_of_this_checkpoint
 
     other = run / "checkpoints" / "other.pt"                     # another file in the same run: not evaluated
     shutil.copyfile(trained["gan"], other)
-    assert _evaluation_record(SimpleNamespace(checkpoint=other, payload={}), None)["results"] is None
+    assert _evaluation_record(exported_from(other), None)["results"] is None
     loose = shutil.copyfile(checkpoint, tmp_path / "loose.pt")   # outside a run folder: nothing is logged
     assert main(["evaluate", "--checkpoint", str(loose), "--data", str(trained["prep"]), "--trials", "1"]) == 0
     assert not (tmp_path / "evaluations.jsonl").exists()
-    assert _evaluation_record(SimpleNamespace(checkpoint=loose, payload={}), None)["results"] is None
+    assert _evaluation_record(exported_from(loose), None)["results"] is None
 
 
 @needs_export
